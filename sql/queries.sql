@@ -1,10 +1,13 @@
 -- Every statement the Python SDK sends, by name. Loaded once by pgdurable._queries.
 -- Blocks start with "-- name: NAME" followed by a one-line description.
 
+-- name: schema_present
+-- Whether the schema_version table exists (else the schema is missing).
+select to_regclass('pgdurable.schema_version') is not null;
+
 -- name: schema_version
--- The newest applied schema version, or null when the schema is missing.
-select case when to_regclass('pgdurable.schema_version') is null then null
-            else (select max(version) from pgdurable.schema_version) end;
+-- The newest applied schema version.
+select max(version) from pgdurable.schema_version;
 
 -- name: init_lock
 -- Serializes concurrent `pgdurable init` runs.

@@ -1,0 +1,94 @@
+"""pgdurable: durable execution for Python with PostgreSQL as the only infrastructure.
+
+SemVer covers ``__all__``, the ``pgdurable`` CLI and the SQL functions documented in
+docs/reference/sql.md.
+"""
+
+from ._app import App, Step, Transaction, Workflow, WorkflowCall
+from ._errors import (
+    Cancelled,
+    InvalidInput,
+    InvalidState,
+    LeaseLost,
+    NonDeterminismError,
+    NonRetryableError,
+    NotInWorkflow,
+    PgDurableError,
+    RunCancelled,
+    RunNotFound,
+    SchemaMissing,
+    SchemaOutdated,
+    SerializationError,
+    StepFailed,
+    WorkflowFailed,
+    WorkflowIdConflict,
+)
+from ._handle import RunHandle
+from ._retry import Retry
+from ._schema import SCHEMA_VERSION, schema_sql
+from ._steps import now, random, sleep, sleep_until, uuid4
+from ._worker import Worker
+
+__version__ = "0.1.0"
+
+
+class RunInfo:
+    """What ``current_run()`` returns: ids to make external calls idempotent."""
+
+    __slots__ = ("attempt", "run_id", "workflow_id", "workflow_name")
+
+    def __init__(self, run_id: str, workflow_id: str, workflow_name: str, attempt: int) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.workflow_name = workflow_name
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"RunInfo(run_id={self.run_id!r}, workflow_id={self.workflow_id!r})"
+
+
+def current_run() -> RunInfo | None:
+    """The run executing this code (inside a workflow or one of its steps), else None."""
+    from ._context import _current
+
+    ctx = _current.get()
+    if ctx is None:
+        return None
+    return RunInfo(str(ctx.run_id), ctx.workflow_id, ctx.workflow_name, ctx.attempt)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "App",
+    "Cancelled",
+    "InvalidInput",
+    "InvalidState",
+    "LeaseLost",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "NotInWorkflow",
+    "PgDurableError",
+    "Retry",
+    "RunCancelled",
+    "RunHandle",
+    "RunInfo",
+    "RunNotFound",
+    "SchemaMissing",
+    "SchemaOutdated",
+    "SerializationError",
+    "Step",
+    "StepFailed",
+    "Transaction",
+    "Worker",
+    "Workflow",
+    "WorkflowCall",
+    "WorkflowFailed",
+    "WorkflowIdConflict",
+    "current_run",
+    "now",
+    "random",
+    "schema_sql",
+    "sleep",
+    "sleep_until",
+    "uuid4",
+]

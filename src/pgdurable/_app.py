@@ -1,0 +1,448 @@
+"""The App: registry of workflows, steps and transactions, connections, and run handles."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from . import _codec, _context, _steps
+from ._errors import RunNotFound, translate
+from ._handle import RunHandle
+from ._leases import Leases
+from ._queries import Q
+from ._retry import Retry
+from ._schema import check_schema, init_schema
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:<>-")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not name or len(name) > 200 or not set(name) <= _NAME_OK or name[0].isdigit():
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use letters, digits and _ . : < > -, "
+            "not starting with a digit, at most 200 characters"
+        )
+    return name
+
+
+def _seconds(value: float | timedelta | None, what: str) -> float | None:
+    if value is None:
+        return None
+    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if secs < 0:
+        raise ValueError(f"{what} must be >= 0 seconds, got {secs}")
+    return secs
+
+
+def call_sql(conn: psycopg.Connection[Any], name: str, params: Sequence[Any] | None = None) -> Any:
+    """Execute a named query, translating the engine's SQLSTATEs into pgdurable exceptions."""
+    try:
+        return conn.execute(Q[name], params, prepare=True)
+    except psycopg.Error as exc:
+        mapped = translate(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class App:
+    """A pgdurable application: where workflows are registered and runs are started.
+
+    ``dsn``: the PostgreSQL to use; else ``$PGDURABLE_DSN``; else the embedded development
+    server (package ``pgserver``), whose schema is installed on first use.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        lease: float = 30.0,
+        pool_size: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, got {lease}")
+        self._dsn = dsn or os.environ.get("PGDURABLE_DSN") or None
+        self.lease = float(lease)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._lock = threading.Lock()
+        self.workflows: dict[str, Workflow[Any, Any]] = {}
+        self.leases = Leases(self)
+
+    # --- connections -------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        if self._dsn is None:
+            from ._embedded import embedded_dsn
+
+            self._dsn = embedded_dsn()
+            with self.connect() as conn:
+                init_schema(conn)
+        return self._dsn
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection of the caller's own (close it when done)."""
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    dsn = self.dsn
+                    with self.connect() as conn:
+                        check_schema(conn)
+                    size = self._pool_size or 4
+                    self._pool = ConnectionPool(
+                        dsn,
+                        min_size=1,
+                        max_size=size,
+                        kwargs={"autocommit": True},
+                        name="pgdurable",
+                        open=True,
+                    )
+        return self._pool
+
+    def ensure_pool_size(self, size: int) -> None:
+        """Grow the pool so a worker of ``size`` slots never waits for a connection."""
+        pool = self.pool
+        if pool.max_size < size:
+            pool.resize(min_size=pool.min_size, max_size=size)
+
+    def init_schema(self) -> bool:
+        """Install or upgrade the schema (what `pgdurable init` does). False if already current."""
+        with self.connect() as conn:
+            return init_schema(conn)
+
+    def check_schema(self) -> int:
+        with self.connect() as conn:
+            return check_schema(conn)
+
+    def close(self) -> None:
+        self.leases.stop()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- decorators --------------------------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        max_recoveries: int | None = None,
+    ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
+        """Register a workflow. Its name defaults to the function's qualified name."""
+
+        def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
+            wf_name = _check_name("workflow", name or fn.__qualname__)
+            _check_name("queue", queue)
+            if wf_name in self.workflows:
+                raise ValueError(
+                    f"a workflow named {wf_name!r} is already registered on this app: "
+                    "give one of them name=..."
+                )
+            wf = Workflow(self, fn, wf_name, queue, max_recoveries)
+            self.workflows[wf_name] = wf
+            return wf
+
+        return wrap
+
+    def step(
+        self, name: str | None = None, *, retry: Retry | None = None
+    ) -> Callable[[Callable[P, R]], Step[P, R]]:
+        """Declare a step: at-least-once, its result checkpointed, retried per ``retry``."""
+
+        def wrap(fn: Callable[P, R]) -> Step[P, R]:
+            return Step(fn, _check_name("step", name or fn.__qualname__), retry or Retry())
+
+        return wrap
+
+    def transaction(
+        self, name: str | None = None, *, retry: Retry | None = None
+    ) -> Callable[[Callable[Concatenate[psycopg.Connection[Any], P], R]], Transaction[P, R]]:
+        """Declare a transaction step: its writes and its checkpoint commit together."""
+
+        def wrap(fn: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> Transaction[P, R]:
+            policy = retry or Retry(max_attempts=3, initial_delay=0.05)
+            return Transaction(self, fn, _check_name("transaction", name or fn.__qualname__), policy)
+
+        return wrap
+
+    # --- runs --------------------------------------------------------------------------------
+
+    def handle(self, workflow_id: str | uuid.UUID) -> RunHandle[Any]:
+        """The handle of an existing run, by workflow_id or run id."""
+        with self.pool.connection() as conn:
+            row = conn.execute(Q["run_by_workflow_id"], {"key": str(workflow_id)}).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run has workflow_id or id {str(workflow_id)!r}")
+        return RunHandle(self, row[0], row[1], row[2])
+
+    def worker(
+        self,
+        concurrency: int = 8,
+        *,
+        queues: Iterable[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Worker:
+        from ._worker import Worker
+
+        return Worker(self, concurrency=concurrency, queues=queues, poll_interval=poll_interval)
+
+    def start(
+        self,
+        workflow_name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> RunHandle[Any]:
+        """Start a run by workflow name (the workflow need not be registered in this process)."""
+        return _start(self, workflow_name, tuple(args), kwargs or {}, _Options(**options), conn)
+
+
+class _Options:
+    __slots__ = ("delay", "max_recoveries", "on_conflict", "parent_id", "priority", "queue",
+                 "timeout", "workflow_id")
+
+    def __init__(
+        self,
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        on_conflict: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_recoveries: int | None = None,
+        parent_id: str | None = None,
+    ) -> None:
+        if on_conflict not in (None, "return", "raise"):
+            raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
+        if queue is not None:
+            _check_name("queue", queue)
+        if priority is not None and not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+        self.workflow_id = workflow_id
+        self.queue = queue
+        self.priority = priority
+        self.delay = _seconds(delay, "delay")
+        self.timeout = _seconds(timeout, "timeout")
+        self.on_conflict = on_conflict
+        self.max_recoveries = max_recoveries
+        self.parent_id = parent_id
+
+    def to_json(self, default_queue: str, default_recoveries: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"queue": self.queue or default_queue}
+        if self.workflow_id is not None:
+            out["workflow_id"] = str(self.workflow_id)
+        for key in ("priority", "delay", "on_conflict", "timeout", "parent_id"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        recoveries = self.max_recoveries if self.max_recoveries is not None else default_recoveries
+        if recoveries is not None:
+            out["max_recoveries"] = recoveries
+        return out
+
+
+def _start(
+    app: App,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    opts: _Options,
+    conn: psycopg.Connection[Any] | None,
+    wf: Workflow[Any, Any] | None = None,
+) -> RunHandle[Any]:
+    payload = _codec.encode_input(args, kwargs)
+    options = Jsonb(opts.to_json(wf.queue if wf else "default", wf.max_recoveries if wf else None))
+    if conn is not None:
+        run_id = call_sql(conn, "start_run", (name, payload, options)).fetchone()[0]
+    else:
+        with app.pool.connection() as c:
+            run_id = call_sql(c, "start_run", (name, payload, options)).fetchone()[0]
+    return RunHandle(app, run_id, opts.workflow_id or str(run_id), name)
+
+
+class Workflow(Generic[P, R]):
+    """A registered workflow. Call it to run durably here; ``start()`` to enqueue it."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        name: str,
+        queue: str,
+        max_recoveries: int | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.max_recoveries = max_recoveries
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable workflow {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return WorkflowCall(self, _Options()).__call__(*args, **kwargs)
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        return WorkflowCall(self, _Options()).start(*args, **kwargs)
+
+    def start_many(
+        self,
+        calls: Iterable[Sequence[Any]],
+        *,
+        workflow_ids: Sequence[str] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> list[RunHandle[R]]:
+        """Start one run per element of ``calls`` (each a tuple of positional arguments) in a
+        single statement."""
+        opts = _Options(**options)
+        if opts.workflow_id is not None:
+            raise ValueError("start_many takes workflow_ids=[...], not workflow_id=")
+        inputs = [_codec.encode_input(tuple(c), {}) for c in calls]
+        ids = list(workflow_ids) if workflow_ids is not None else None
+        if ids is not None and len(ids) != len(inputs):
+            raise ValueError(f"start_many got {len(inputs)} calls but {len(ids)} workflow_ids")
+        params = (self.name, inputs, Jsonb(opts.to_json(self.queue, self.max_recoveries)), ids)
+
+        def run(c: psycopg.Connection[Any]) -> list[Any]:
+            return [r[0] for r in call_sql(c, "start_runs", params).fetchall()]
+
+        if conn is not None:
+            run_ids = run(conn)
+        else:
+            with self.app.pool.connection() as c, c.transaction():
+                run_ids = run(c)
+        keys: list[str | None] = list(ids) if ids is not None else [None] * len(run_ids)
+        return [RunHandle(self.app, r, k or str(r), self.name) for r, k in zip(run_ids, keys)]
+
+    def options(
+        self,
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        on_conflict: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_recoveries: int | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> WorkflowCall[P, R]:
+        """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``."""
+        opts = _Options(
+            workflow_id=workflow_id, queue=queue, priority=priority, delay=delay,
+            on_conflict=on_conflict, timeout=timeout, max_recoveries=max_recoveries,
+        )
+        return WorkflowCall(self, opts, conn)
+
+
+class WorkflowCall(Generic[P, R]):
+    """A workflow with start options bound."""
+
+    def __init__(
+        self, wf: Workflow[P, R], opts: _Options, conn: psycopg.Connection[Any] | None = None
+    ) -> None:
+        self.wf = wf
+        self.opts = opts
+        self.conn = conn
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        ctx = _context.current()
+        if ctx is not None:
+            return _steps.start_child(ctx, self.wf, self.opts, args, kwargs)
+        return _start(self.wf.app, self.wf.name, args, dict(kwargs), self.opts, self.conn, self.wf)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is not None:
+            handle = _steps.start_child(ctx, self.wf, self.opts, args, kwargs)
+            return handle.result()
+        handle = self.start(*args, **kwargs)
+        from ._executor import run_here
+
+        return run_here(self.wf.app, handle)
+
+
+class Step(Generic[P, R]):
+    """A durable step. Inside a workflow its result is checkpointed; outside, a plain call."""
+
+    def __init__(self, fn: Callable[P, R], name: str, retry: Retry) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable step {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)
+        result: R = _steps.run_step(ctx, "step", self.name, self.retry, self.fn, args, kwargs)
+        return result
+
+
+class Transaction(Generic[P, R]):
+    """A transaction step: called with a connection inside an open transaction, in which its
+    checkpoint commits too. Outside a workflow it runs in a transaction of its own."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        name: str,
+        retry: Retry,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable transaction {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is None:
+            with self.app.pool.connection() as conn, conn.transaction():
+                return self.fn(conn, *args, **kwargs)
+        result: R = _steps.run_transaction(ctx, self.name, self.retry, self.fn, args, kwargs)
+        return result

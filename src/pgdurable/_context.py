@@ -1,0 +1,128 @@
+"""The state of one executing run: its history, the replay cursor and its flags. No I/O here."""
+
+from __future__ import annotations
+
+import builtins
+import contextvars
+import importlib
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from ._errors import Cancelled, NonDeterminismError, NotInWorkflow, StepFailed
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ._app import App
+
+
+class Suspended(BaseException):
+    """Unwinds a workflow whose run was just suspended in the database (sleep, retry, wait).
+
+    A BaseException so that a user's ``except Exception`` cannot swallow it.
+    """
+
+
+class Released(BaseException):
+    """Unwinds a workflow whose run is being handed back (worker shutdown or lost lease)."""
+
+    def __init__(self, reason: str, lost: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.lost = lost
+
+
+@dataclass
+class Record:
+    """One checkpoint as loaded with the claim."""
+
+    seq: int
+    key: str
+    kind: str
+    name: str
+    output: Any
+    error: dict[str, Any] | None
+
+
+@dataclass
+class RunContext:
+    app: App
+    run_id: UUID
+    workflow_id: str
+    workflow_name: str
+    attempt: int
+    conn: psycopg.Connection[Any]
+    history: dict[int, Record]
+    retry_step_key: str | None = None
+    retry_step_attempts: int = 0
+    seq: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    in_step: bool = False
+    lost: bool = False
+    cancel_requested: bool = False
+    stop_requested: threading.Event | None = None
+
+    def next_op(self, kind: str, name: str) -> tuple[int, str, Record | None]:
+        """Advance the cursor: the position, the step key and the recorded result if any."""
+        seq = self.seq
+        self.seq += 1
+        n = self.counts.get(name, 0) + 1
+        self.counts[name] = n
+        key = name if n == 1 else f"{name}#{n}"
+        rec = self.history.get(seq)
+        if rec is not None and (rec.name != name or rec.kind != kind):
+            raise NonDeterminismError(
+                f"run {self.run_id} ({self.workflow_name}): at position {seq} the code called "
+                f"{kind} {name!r} but the run's history recorded {rec.kind} {rec.name!r} there. "
+                "The workflow code changed while this run was in flight: deploy the old code "
+                "for it, or guard the change with pgdurable.patched()"
+            )
+        return seq, key, rec
+
+    def check_alive(self) -> None:
+        """Called before each new durable operation: stop here if the run must not go on."""
+        if self.lost:
+            raise Released("lease lost", lost=True)
+        if self.cancel_requested:
+            raise Cancelled(f"run {self.run_id} was cancelled")
+        if self.stop_requested is not None and self.stop_requested.is_set():
+            raise Released("worker shutting down")
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "pgdurable_run", default=None
+)
+
+
+def current() -> RunContext | None:
+    ctx = _current.get()
+    return None if ctx is None or ctx.in_step else ctx
+
+
+def require(what: str) -> RunContext:
+    ctx = current()
+    if ctx is None:
+        raise NotInWorkflow(
+            f"pgdurable.{what}() only works inside a workflow (a function decorated with "
+            "@app.workflow() and run by pgdurable); outside one there is no run to record it in"
+        )
+    return ctx
+
+
+def replay_error(error: dict[str, Any]) -> BaseException:
+    """Rebuild a recorded step error: the original type when importable, else StepFailed."""
+    type_name = str(error.get("type") or "Exception")
+    message = str(error.get("message") or "")
+    module, _, qualname = type_name.rpartition(".")
+    try:
+        cls: Any = importlib.import_module(module) if module else builtins
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(message)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        # Not importable here, or its constructor wants more than a message.
+        return StepFailed(type_name, message)
+    return StepFailed(type_name, message)

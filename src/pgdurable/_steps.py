@@ -1,0 +1,249 @@
+"""Durable operations inside a run: steps, transactions, sleeps, recorded values, children."""
+
+from __future__ import annotations
+
+import json
+import random as _random
+import time
+import uuid as _uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import _codec
+from ._context import Record, RunContext, Suspended, replay_error, require
+from ._errors import NonRetryableError, SerializationError
+from ._retry import Retry
+
+if TYPE_CHECKING:
+    from ._app import Workflow, _Options
+    from ._handle import RunHandle
+
+
+def _sql(ctx: RunContext, name: str, params: tuple[Any, ...]) -> Any:
+    from ._app import call_sql
+
+    return call_sql(ctx.conn, name, params)
+
+
+def _replayed(rec: Record) -> Any:
+    if rec.error is not None:
+        raise replay_error(rec.error)
+    return rec.output
+
+
+def _record(
+    ctx: RunContext,
+    seq: int,
+    key: str,
+    kind: str,
+    name: str,
+    output: Any,
+    error: dict[str, Any] | None = None,
+    attempts: int = 1,
+    started: datetime | None = None,
+) -> None:
+    _sql(
+        ctx,
+        "record_checkpoint",
+        (ctx.run_id, ctx.attempt, seq, key, kind, name, output,
+         None if error is None else _codec.checked(error, "error"), attempts, started),
+    )
+
+
+def _encode_result(value: Any, kind: str, name: str) -> tuple[Any, Any]:
+    """The JSON the checkpoint stores and the value the workflow sees (the same on replay)."""
+    text = _codec.dumps(value, f"result of {kind} {name!r}")
+    return psycopg.types.json.Jsonb(value, dumps=lambda _v: text), json.loads(text)
+
+
+def _attempts_so_far(ctx: RunContext, key: str) -> int:
+    return ctx.retry_step_attempts if key == ctx.retry_step_key else 0
+
+
+def _on_failure(
+    ctx: RunContext,
+    seq: int,
+    key: str,
+    kind: str,
+    name: str,
+    policy: Retry,
+    attempts: int,
+    exc: Exception,
+    started: datetime,
+) -> float | None:
+    """Decide after a failed attempt: seconds to wait in place, or record/suspend and raise."""
+    final = isinstance(exc, (NonRetryableError, SerializationError)) or policy.exhausted(attempts)
+    if final:
+        _record(ctx, seq, key, kind, name, None, _codec.error_json(exc), attempts, started)
+        raise exc
+    delay = policy.delay(attempts)
+    if delay <= policy.inline_limit:
+        return delay
+    _sql(ctx, "schedule_retry",
+         (ctx.run_id, ctx.attempt, key, attempts, delay, _codec.checked(_codec.error_json(exc), "error")))
+    raise Suspended()
+
+
+def run_step(
+    ctx: RunContext,
+    kind: str,
+    name: str,
+    policy: Retry,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    seq, key, rec = ctx.next_op(kind, name)
+    if rec is not None:
+        return _replayed(rec)
+    ctx.check_alive()
+    attempts = _attempts_so_far(ctx, key)
+    started = datetime.now(timezone.utc)
+    while True:
+        attempts += 1
+        ctx.in_step = True
+        try:
+            value = fn(*args, **kwargs)
+            stored, seen = _encode_result(value, kind, name)
+        except Exception as exc:
+            ctx.in_step = False
+            wait = _on_failure(ctx, seq, key, kind, name, policy, attempts, exc, started)
+            if wait:
+                time.sleep(wait)
+            ctx.check_alive()
+            continue
+        finally:
+            ctx.in_step = False
+        _record(ctx, seq, key, kind, name, stored, None, attempts, started)
+        return seen
+
+
+def run_transaction(
+    ctx: RunContext,
+    name: str,
+    policy: Retry,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    seq, key, rec = ctx.next_op("transaction", name)
+    if rec is not None:
+        return _replayed(rec)
+    ctx.check_alive()
+    attempts = _attempts_so_far(ctx, key)
+    started = datetime.now(timezone.utc)
+    conn = ctx.conn
+    while True:
+        attempts += 1
+        try:
+            with conn.transaction():
+                ctx.in_step = True
+                try:
+                    value = fn(conn, *args, **kwargs)
+                finally:
+                    ctx.in_step = False
+                stored, seen = _encode_result(value, "transaction", name)
+                # The checkpoint commits with the application's writes, fenced by the run's
+                # attempt: a worker that lost its lease rolls both back.
+                _record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
+            return seen
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            from ._errors import Cancelled, LeaseLost
+
+            if isinstance(exc, (LeaseLost, Cancelled)):
+                raise
+            wait = _on_failure(ctx, seq, key, "transaction", name, policy, attempts, exc, started)
+            if wait:
+                time.sleep(wait)
+            ctx.check_alive()
+
+
+def _duration(value: float | timedelta) -> float:
+    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if secs < 0:
+        raise ValueError(f"pgdurable.sleep() needs a duration >= 0, got {secs} seconds")
+    return secs
+
+
+def sleep(duration: float | timedelta) -> None:
+    """Sleep durably: the run leaves the worker and a timer wakes it, even days later."""
+    secs = _duration(duration)
+    ctx = require("sleep")
+    _sleep(ctx, secs, None)
+
+
+def sleep_until(when: datetime) -> None:
+    """Sleep durably until ``when`` (an aware datetime)."""
+    if when.tzinfo is None:
+        raise ValueError("pgdurable.sleep_until() needs an aware datetime (with tzinfo)")
+    ctx = require("sleep_until")
+    _sleep(ctx, 0.0, when)
+
+
+def _sleep(ctx: RunContext, secs: float, until: datetime | None) -> None:
+    seq, key, rec = ctx.next_op("sleep", "sleep")
+    if rec is None:
+        ctx.check_alive()
+    row = _sql(ctx, "sleep_run", (ctx.run_id, ctx.attempt, seq, key, secs, until)).fetchone()
+    if row[1]:
+        raise Suspended()
+
+
+def _value(kind_name: str, make: Callable[[], Any]) -> Any:
+    ctx = require(kind_name)
+    seq, key, rec = ctx.next_op("value", kind_name)
+    if rec is not None:
+        return rec.output
+    ctx.check_alive()
+    value = make()
+    _record(ctx, seq, key, "value", kind_name, _codec.checked(value, kind_name))
+    return value
+
+
+def now() -> datetime:
+    """The current time, recorded: a replay returns the same value."""
+    text = _value("now", lambda: datetime.now(timezone.utc).isoformat())
+    return datetime.fromisoformat(text)
+
+
+def random() -> float:
+    """A random float in [0, 1), recorded: a replay returns the same value."""
+    return float(_value("random", _random.random))
+
+
+def uuid4() -> _uuid.UUID:
+    """A random UUID, recorded: a replay returns the same value."""
+    return _uuid.UUID(_value("uuid4", lambda: str(_uuid.uuid4())))
+
+
+def start_child(
+    ctx: RunContext,
+    wf: Workflow[Any, Any],
+    opts: _Options,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> RunHandle[Any]:
+    """Start a child run once: its start is checkpointed, so a replay returns the same run."""
+    from ._app import _start
+    from ._handle import RunHandle
+
+    seq, key, rec = ctx.next_op("child", wf.name)
+    if rec is not None:
+        out = _replayed(rec)
+        return RunHandle(ctx.app, _uuid.UUID(out["run_id"]), out["workflow_id"], wf.name)
+    ctx.check_alive()
+    if opts.workflow_id is None:
+        # Deterministic, so a start whose checkpoint was lost finds the same child again.
+        opts.workflow_id = f"{ctx.workflow_id}/{key}"
+    opts.parent_id = str(ctx.run_id)
+    with ctx.conn.transaction():
+        handle = _start(ctx.app, wf.name, args, kwargs, opts, ctx.conn, wf)
+        _record(ctx, seq, key, "child", wf.name,
+                _codec.checked({"run_id": str(handle.run_id), "workflow_id": handle.workflow_id},
+                               "child"))
+    return handle
