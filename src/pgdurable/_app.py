@@ -160,7 +160,7 @@ class App:
         """Register a workflow. Its name defaults to the function's qualified name."""
 
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
-            wf_name = _check_name("workflow", name or fn.__qualname__)
+            wf_name = _check_name("workflow", name or fn.__qualname__.replace("<locals>.", ""))
             _check_name("queue", queue)
             if wf_name in self.workflows:
                 raise ValueError(
@@ -179,7 +179,7 @@ class App:
         """Declare a step: at-least-once, its result checkpointed, retried per ``retry``."""
 
         def wrap(fn: Callable[P, R]) -> Step[P, R]:
-            return Step(fn, _check_name("step", name or fn.__qualname__), retry or Retry())
+            return Step(fn, _check_name("step", name or fn.__name__), retry or Retry())
 
         return wrap
 
@@ -190,7 +190,7 @@ class App:
 
         def wrap(fn: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> Transaction[P, R]:
             policy = retry or Retry(max_attempts=3, initial_delay=0.05)
-            return Transaction(self, fn, _check_name("transaction", name or fn.__qualname__), policy)
+            return Transaction(self, fn, _check_name("transaction", name or fn.__name__), policy)
 
         return wrap
 

@@ -1,0 +1,137 @@
+"""Test databases: a real PostgreSQL, never a mock.
+
+Server: $PGDURABLE_TEST_DSN if set; else a testcontainers PostgreSQL when a Docker engine
+answers; else the embedded server of the ``pgserver`` package. Unreachable = loud failure.
+The schema is loaded once into a template database; tests that commit get a clone of it
+(``dsn``/``app``), the others a transaction that is rolled back (``conn``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import pgdurable
+from pgdurable._schema import init_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN of a server where the tests may create databases."""
+    dsn = os.environ.get("PGDURABLE_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    import pgserver
+
+    tmp = tempfile.mkdtemp(prefix="pgdurable-test-")
+    server = pgserver.get_server(tmp, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def with_db(dsn: str, dbname: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _admin(server_dsn: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(server_dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"cannot reach the test PostgreSQL at {server_dsn!r}: {exc}. Set PGDURABLE_TEST_DSN "
+            "to a server you can create databases on, or install pgserver (pip install -e '.[dev]')"
+        ) from exc
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    name = f"pgdurable_tpl_{uuid.uuid4().hex[:12]}"
+    with _admin(server_dsn) as admin:
+        admin.execute(f'create database "{name}"')
+    with psycopg.connect(with_db(server_dsn, name), autocommit=True) as conn:
+        init_schema(conn)
+    yield name
+    with _admin(server_dsn) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh database cloned from the template, for tests that commit."""
+    name = f"pgdurable_t_{uuid.uuid4().hex[:12]}"
+    with _admin(server_dsn) as admin:
+        admin.execute(f'create database "{name}" template "{template_db}"')
+    yield with_db(server_dsn, name)
+    with _admin(server_dsn) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def shared_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    name = f"pgdurable_s_{uuid.uuid4().hex[:12]}"
+    with _admin(server_dsn) as admin:
+        admin.execute(f'create database "{name}" template "{template_db}"')
+    yield with_db(server_dsn, name)
+    with _admin(server_dsn) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def conn(shared_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection inside a transaction that is rolled back after the test (fast tier)."""
+    with psycopg.connect(shared_dsn) as c:
+        yield c
+        c.rollback()
+
+
+@pytest.fixture
+def app(dsn: str) -> Iterator[pgdurable.App]:
+    """An App on a fresh database with a short lease, closed after the test."""
+    a = pgdurable.App(dsn, lease=2.0)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def run_subprocess_env(dsn: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PGDURABLE_DSN"] = dsn
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
