@@ -91,3 +91,58 @@ listen pgdurable_wake;
 -- name: listen_done
 -- Handles waiting for a result listen on this channel.
 listen pgdurable_done;
+
+-- name: cli_list_runs
+-- `pgdurable runs`: runs newest first, each filter applied only when given.
+select id, workflow_id, workflow_name, queue_name, status, attempt, recoveries, worker_id,
+       created_at, started_at, finished_at, checkpoints, wakes_at, wait_for, note,
+       error_type, error_message
+  from pgdurable.run_overview
+ where (%(status)s::text is null or status = %(status)s::text)
+   and (%(workflow)s::text is null or workflow_name = %(workflow)s::text)
+   and (%(queue)s::text is null or queue_name = %(queue)s::text)
+ order by created_at desc, id
+ limit %(limit)s;
+
+-- name: cli_show_run
+-- `pgdurable show`: every field of one run, with its pending wake-up if any.
+select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.priority, r.attempt,
+       r.recoveries, r.max_recoveries, r.worker_id, r.lease_expires_at, r.available_at,
+       r.parent_id, r.deadline_at, r.cancel_requested, r.wait_for, r.note, r.created_at,
+       r.started_at, r.updated_at, r.finished_at, t.fire_at as wakes_at,
+       t.reason as wake_reason, r.input, r.output, r.error
+  from pgdurable.runs r
+  left join pgdurable.timers t on t.run_id = r.id
+ where r.id = %s;
+
+-- name: cli_retry_run
+-- `pgdurable retry`: restart a failed run from its last checkpoint.
+select pgdurable.retry_run(%s);
+
+-- name: cli_gc_runs
+-- `pgdurable gc`: delete up to N runs that finished before now - interval.
+select pgdurable.gc_runs(%s, %s);
+
+-- name: emit_event
+-- Record a durable event and wake its waiters.
+select pgdurable.emit_event(%s, %s);
+
+-- name: send_message
+-- Put a message in a run's mailbox (by run id or workflow_id).
+select pgdurable.send_message(%s, %s, %s);
+
+-- name: wait_event
+-- Receive an event inside a workflow, or suspend the run until it arrives (fenced).
+select received, payload from pgdurable.wait_event(%s, %s, %s, %s, %s, %s);
+
+-- name: recv_message
+-- Consume a message inside a workflow, or suspend the run until one arrives (fenced).
+select received, payload from pgdurable.recv_message(%s, %s, %s, %s, %s, %s);
+
+-- name: wait_run
+-- Record another run's outcome inside a workflow, or suspend until it ends (fenced).
+select finished, status, output, error from pgdurable.wait_run(%s, %s, %s, %s, %s);
+
+-- name: record_compensation
+-- Record a compensation step of a failing or cancelled run (fenced by attempt only).
+select pgdurable.record_compensation(%s, %s, %s, %s, %s, %s, %s, %s);

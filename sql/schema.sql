@@ -84,6 +84,12 @@ create index if not exists runs_lease_idx
 create index if not exists runs_parent_idx
     on pgdurable.runs (parent_id)
     where parent_id is not null;
+create index if not exists runs_waiting_idx
+    on pgdurable.runs (wait_for)
+    where status = 'waiting';
+create index if not exists runs_deadline_idx
+    on pgdurable.runs (deadline_at)
+    where deadline_at is not null and finished_at is null;
 create index if not exists runs_finished_idx
     on pgdurable.runs (finished_at)
     where finished_at is not null;
@@ -102,13 +108,19 @@ create table if not exists pgdurable.checkpoints (
     completed_at timestamptz not null,
     constraint checkpoints_pkey primary key (run_id, step_key),
     constraint checkpoints_kind_check check (kind in
-        ('step', 'transaction', 'sleep', 'event', 'message', 'child', 'value', 'send', 'emit'))
+        ('step', 'transaction', 'sleep', 'event', 'message', 'child', 'result', 'value', 'send',
+         'emit', 'patch', 'compensate'))
 );
 
 create table if not exists pgdurable.timers (
-    run_id  uuid primary key,
-    fire_at timestamptz not null,
-    reason  text not null
+    run_id    uuid primary key,
+    fire_at   timestamptz not null,
+    reason    text not null,
+    -- for a wait's timeout: the checkpoint that records it when the timer fires
+    step_key  text,
+    seq       integer,
+    kind      text,
+    step_name text
 );
 create index if not exists timers_fire_idx on pgdurable.timers (fire_at);
 
@@ -163,6 +175,62 @@ begin
     end if;
     if v_run.cancel_requested then
         raise exception 'run % was cancelled', p_run_id using errcode = 'PD005';
+    end if;
+end $$;
+
+-- Internal: makes every run waiting on p_wait_for ('event:NAME', 'message:RUN:TOPIC',
+-- 'run:ID') pending again, drops its timeout timer and wakes the workers of its queue.
+create or replace function pgdurable._wake_waiters(p_wait_for text) returns integer
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_run record;
+    v_n integer := 0;
+begin
+    for v_run in
+        update pgdurable.runs
+           set status = 'pending', available_at = v_now, updated_at = v_now, wait_for = null
+         where status = 'waiting' and wait_for = p_wait_for
+        returning id, queue_name
+    loop
+        delete from pgdurable.timers where run_id = v_run.id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end $$;
+
+-- Internal: called whenever a run ends: wakes result() waiters (NOTIFY pgdurable_done) and any
+-- workflow durably waiting for this run (a parent in handle.result() or gather()).
+create or replace function pgdurable._run_finished(p_run_id uuid) returns void
+language plpgsql as $$
+begin
+    perform pg_notify('pgdurable_done', p_run_id::text);
+    if exists (select 1 from pgdurable.runs where status = 'waiting' and wait_for = 'run:' || p_run_id) then
+        perform pgdurable._wake_waiters('run:' || p_run_id);
+    end if;
+end $$;
+
+-- Internal: suspends a running run until p_wait_for is woken by _wake_waiters, or until
+-- p_timeout seconds after the wait first began, when tick() records the timeout as the
+-- checkpoint (p_seq, p_key, p_kind, p_name). A replayed wait keeps its first deadline.
+create or replace function pgdurable._suspend_waiting(
+    p_run_id uuid, p_wait_for text, p_timeout double precision,
+    p_seq integer, p_key text, p_kind text, p_name text
+) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    update pgdurable.runs
+       set status = 'waiting', wait_for = p_wait_for, lease_expires_at = null, worker_id = null,
+           updated_at = v_now, note = null
+     where id = p_run_id;
+    if p_timeout is not null then
+        insert into pgdurable.timers (run_id, fire_at, reason, step_key, seq, kind, step_name)
+        values (p_run_id, v_now + make_interval(secs => greatest(p_timeout, 0)), 'timeout',
+                p_key, p_seq, p_kind, p_name)
+        on conflict (run_id) do nothing;
     end if;
 end $$;
 
@@ -297,53 +365,90 @@ begin
     end loop;
 end $$;
 
--- Called by claim_runs (and usable by operators): wakes runs whose timer is due, takes back
--- runs whose lease expired (dead-lettering those past max_recoveries), and fails runs past
--- their deadline. Returns the number of runs it changed.
+-- Called by claim_runs (and usable by operators): wakes runs whose timer is due (recording a
+-- wait's timeout as its checkpoint), takes back runs whose lease expired (dead-lettering those
+-- past max_recoveries) and fails runs past their deadline. Returns the number of runs changed.
 create or replace function pgdurable.tick(p_limit integer default 100) returns integer
 language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_n integer := 0;
-    v_c integer;
+    v_t pgdurable.timers%rowtype;
+    v_run pgdurable.runs%rowtype;
+    v_dead boolean;
 begin
-    with due as (
+    for v_t in
         delete from pgdurable.timers t
-        where t.run_id in (select run_id from pgdurable.timers where fire_at <= v_now
-                           order by fire_at limit p_limit for update skip locked)
-        returning t.run_id, t.reason
-    )
-    update pgdurable.runs r
-       set status = 'pending', available_at = v_now, updated_at = v_now,
-           wait_for = null,
-           note = case when due.reason = 'timeout' then 'wait timed out' else r.note end
-      from due
-     where r.id = due.run_id and r.status in ('pending', 'sleeping', 'waiting');
-    get diagnostics v_c = row_count;
-    v_n := v_n + v_c;
+         where t.run_id in (select run_id from pgdurable.timers where fire_at <= v_now
+                            order by fire_at limit p_limit for update skip locked)
+        returning t.*
+    loop
+        if v_t.reason = 'timeout' then
+            insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, error,
+                                               run_attempt, started_at, completed_at)
+            select v_t.run_id, v_t.step_key, v_t.seq, v_t.kind, v_t.step_name,
+                   jsonb_build_object(
+                       'type', case v_t.kind when 'message' then 'pgdurable.MessageTimeout'
+                                             else 'pgdurable.EventTimeout' end,
+                       'message', format('%s %s did not arrive by %s', v_t.kind, v_t.step_name, v_t.fire_at),
+                       'traceback', null),
+                   r.attempt, v_now, v_now
+              from pgdurable.runs r where r.id = v_t.run_id and r.status = 'waiting'
+            on conflict do nothing;
+        end if;
+        update pgdurable.runs
+           set status = 'pending', available_at = v_now, updated_at = v_now, wait_for = null,
+               note = case when v_t.reason = 'timeout' then 'wait timed out' else note end
+         where id = v_t.run_id and status in ('sleeping', 'waiting')
+        returning * into v_run;
+        if found then
+            v_n := v_n + 1;
+            perform pg_notify('pgdurable_wake', v_run.queue_name);
+        end if;
+    end loop;
 
-    with expired as (
-        select id from pgdurable.runs
+    for v_run in
+        select * from pgdurable.runs
          where status = 'running' and lease_expires_at < v_now
          order by lease_expires_at limit p_limit for update skip locked
-    )
-    update pgdurable.runs r
-       set status = case when r.recoveries >= r.max_recoveries then 'failed' else 'pending' end,
-           recoveries = r.recoveries + 1,
-           lease_expires_at = null,
-           available_at = v_now,
-           updated_at = v_now,
-           finished_at = case when r.recoveries >= r.max_recoveries then v_now end,
-           error = case when r.recoveries >= r.max_recoveries then jsonb_build_object(
-               'type', 'DeadLettered',
-               'message', format('run exceeded %s crash recoveries; worker %s lost its lease at %s',
-                                 r.max_recoveries, r.worker_id, r.lease_expires_at),
-               'traceback', null) else r.error end,
-           note = format('lease of worker %s expired at %s', r.worker_id, r.lease_expires_at)
-      from expired
-     where r.id = expired.id;
-    get diagnostics v_c = row_count;
-    v_n := v_n + v_c;
+    loop
+        v_dead := v_run.recoveries >= v_run.max_recoveries;
+        update pgdurable.runs
+           set status = case when v_dead then 'failed' else 'pending' end,
+               recoveries = recoveries + 1, lease_expires_at = null, worker_id = null,
+               available_at = v_now, updated_at = v_now,
+               finished_at = case when v_dead then v_now end,
+               error = case when v_dead then jsonb_build_object(
+                   'type', 'DeadLettered',
+                   'message', format('run exceeded %s crash recoveries; worker %s lost its lease at %s',
+                                     v_run.max_recoveries, v_run.worker_id, v_run.lease_expires_at),
+                   'traceback', null) else error end,
+               note = format('lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)
+         where id = v_run.id;
+        v_n := v_n + 1;
+        if v_dead then
+            perform pgdurable._run_finished(v_run.id);
+        else
+            perform pg_notify('pgdurable_wake', v_run.queue_name);
+        end if;
+    end loop;
+
+    for v_run in
+        select * from pgdurable.runs
+         where deadline_at < v_now and finished_at is null
+         order by deadline_at limit p_limit for update skip locked
+    loop
+        update pgdurable.runs
+           set status = 'failed', lease_expires_at = null, worker_id = null, wait_for = null,
+               finished_at = v_now, updated_at = v_now,
+               error = jsonb_build_object('type', 'pgdurable.DeadlineExceeded',
+                   'message', format('run passed its deadline %s', v_run.deadline_at),
+                   'traceback', null)
+         where id = v_run.id;
+        delete from pgdurable.timers where run_id = v_run.id;
+        v_n := v_n + 1;
+        perform pgdurable._run_finished(v_run.id);
+    end loop;
 
     return v_n;
 end $$;
@@ -358,13 +463,14 @@ create or replace function pgdurable.claim_runs(
     p_lease double precision default 30
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, checkpoints jsonb)
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
 language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
     if exists (select 1 from pgdurable.timers where fire_at <= v_now)
-       or exists (select 1 from pgdurable.runs where status = 'running' and lease_expires_at < v_now) then
+       or exists (select 1 from pgdurable.runs r where r.status = 'running' and r.lease_expires_at < v_now)
+       or exists (select 1 from pgdurable.runs r where r.deadline_at < v_now and r.finished_at is null) then
         perform pgdurable.tick();
     end if;
     return query
@@ -388,7 +494,8 @@ begin
            coalesce((select jsonb_agg(jsonb_build_object(
                         'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
                         'output', k.output, 'error', k.error) order by k.seq)
-                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb)
+                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
+           c.cancel_requested
       from claimed c;
 end $$;
 
@@ -400,7 +507,7 @@ create or replace function pgdurable.claim_run(
     p_lease double precision default 30
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, checkpoints jsonb)
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
 language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
@@ -420,7 +527,8 @@ begin
            coalesce((select jsonb_agg(jsonb_build_object(
                         'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
                         'output', k.output, 'error', k.error) order by k.seq)
-                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb)
+                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
+           c.cancel_requested
       from claimed c;
 end $$;
 
@@ -464,7 +572,7 @@ begin
        set status = 'completed', output = p_output, lease_expires_at = null, worker_id = null,
            finished_at = v_now, updated_at = v_now, note = null
      where id = p_run_id;
-    perform pg_notify('pgdurable_done', p_run_id::text);
+    perform pgdurable._run_finished(p_run_id);
 end $$;
 
 -- Called by the SDK when a workflow raises (or a step exhausts its retries). Fenced.
@@ -480,7 +588,7 @@ begin
        set status = 'failed', error = p_error, lease_expires_at = null, worker_id = null,
            finished_at = v_now, updated_at = v_now
      where id = p_run_id;
-    perform pg_notify('pgdurable_done', p_run_id::text);
+    perform pgdurable._run_finished(p_run_id);
 end $$;
 
 -- Called by the SDK when a step failed and its next retry is far away: the run leaves the
@@ -611,6 +719,15 @@ begin
     end if;
     if v_run.status = 'running' then
         update pgdurable.runs set cancel_requested = true, updated_at = v_now where id = p_run_id;
+    elsif exists (select 1 from pgdurable.checkpoints where run_id = p_run_id and kind = 'compensate') then
+        -- it registered compensations: a worker must replay it and run them before it ends
+        update pgdurable.runs
+           set status = 'pending', cancel_requested = true, available_at = v_now,
+               updated_at = v_now, wait_for = null
+         where id = p_run_id;
+        delete from pgdurable.timers where run_id = p_run_id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+        v_run.status := 'running';
     else
         update pgdurable.runs
            set status = 'cancelled', finished_at = v_now, updated_at = v_now, wait_for = null,
@@ -618,7 +735,7 @@ begin
                                           'traceback', null)
          where id = p_run_id;
         delete from pgdurable.timers where run_id = p_run_id;
-        perform pg_notify('pgdurable_done', p_run_id::text);
+        perform pgdurable._run_finished(p_run_id);
     end if;
     for v_child in select id from pgdurable.runs
                     where parent_id = p_run_id and status not in ('completed', 'failed', 'cancelled') loop
@@ -640,7 +757,7 @@ begin
            error = jsonb_build_object('type', 'Cancelled', 'message', 'run was cancelled',
                                       'traceback', null)
      where id = p_run_id and attempt = p_attempt and status = 'running';
-    perform pg_notify('pgdurable_done', p_run_id::text);
+    perform pgdurable._run_finished(p_run_id);
 end $$;
 
 -- Called by users to restart a failed or cancelled run from its last checkpoint: completed
@@ -720,6 +837,176 @@ begin
     delete from pgdurable.timers where run_id = any(v_ids);
     delete from pgdurable.runs where id = any(v_ids);
     return cardinality(v_ids);
+end $$;
+
+-- Called from anywhere (web handlers, psql, other services; a workflow through the SDK, which
+-- checkpoints it): records the durable event p_name and wakes every run waiting for it. Inside
+-- the caller's transaction the event exists only if that transaction commits. Returns its id.
+create or replace function pgdurable.emit_event(p_name text, p_payload jsonb default 'null')
+returns bigint
+language plpgsql as $$
+declare
+    v_id bigint;
+begin
+    if p_name is null or p_name = '' or length(p_name) > 500 then
+        raise exception 'event name must be 1 to 500 characters' using errcode = 'PD003';
+    end if;
+    -- wait_event takes the same lock: a wait either sees this event or is woken by it
+    perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
+    insert into pgdurable.events (name, payload, created_at)
+    values (p_name, coalesce(p_payload, 'null'), pgdurable.now())
+    returning id into v_id;
+    perform pgdurable._wake_waiters('event:' || p_name);
+    return v_id;
+end $$;
+
+-- Called by the SDK for pgdurable.wait_for_event(). Fenced. If an event named p_name exists (the
+-- newest one, emitted before or after the wait began) it is recorded as the checkpoint and
+-- returned; else the run waits (status 'waiting') with an optional timeout.
+create or replace function pgdurable.wait_event(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_name text,
+    p_timeout double precision default null
+) returns table (received boolean, payload jsonb)
+language plpgsql as $$
+declare
+    v_payload jsonb;
+    v_now timestamptz := pgdurable.now();
+begin
+    perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
+    perform pgdurable._fence(p_run_id, p_attempt);
+    select e.payload into v_payload from pgdurable.events e where e.name = p_name
+     order by e.id desc limit 1;
+    if found then
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'event', p_name, v_payload, p_attempt, v_now, v_now);
+        delete from pgdurable.timers where run_id = p_run_id;
+        return query select true, v_payload;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'event:' || p_name, p_timeout, p_seq, p_key,
+                                       'event', p_name);
+    return query select false, null::jsonb;
+end $$;
+
+-- Called by users and workflows: puts a message in the mailbox of a run (by run id or
+-- workflow_id), FIFO per topic, and wakes it if it waits on that topic. Raises PD001 for an
+-- unknown run, PD006 for a finished one. Returns the message id.
+create or replace function pgdurable.send_message(p_target text, p_payload jsonb, p_topic text default null)
+returns bigint
+language plpgsql as $$
+declare
+    v_run pgdurable.runs%rowtype;
+    v_id bigint;
+    v_topic text := coalesce(p_topic, '');
+begin
+    select * into v_run from pgdurable.runs where workflow_id = p_target for update;
+    if not found and p_target ~ '^[0-9a-fA-F-]{36}$' then
+        select * into v_run from pgdurable.runs where id = p_target::uuid for update;
+    end if;
+    if v_run.id is null then
+        raise exception 'no run has workflow_id or id %', quote_literal(p_target)
+            using errcode = 'PD001';
+    end if;
+    if v_run.status in ('completed', 'failed', 'cancelled') then
+        raise exception 'run % (%) is already %; it can receive no messages', v_run.id,
+            v_run.workflow_id, v_run.status
+            using errcode = 'PD006';
+    end if;
+    insert into pgdurable.messages (run_id, topic, payload, created_at)
+    values (v_run.id, v_topic, coalesce(p_payload, 'null'), pgdurable.now())
+    returning id into v_id;
+    if v_run.status = 'waiting' and v_run.wait_for = 'message:' || v_topic then
+        update pgdurable.runs
+           set status = 'pending', available_at = pgdurable.now(), updated_at = pgdurable.now(),
+               wait_for = null
+         where id = v_run.id;
+        delete from pgdurable.timers where run_id = v_run.id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+    end if;
+    return v_id;
+end $$;
+
+-- Called by the SDK for pgdurable.recv(). Fenced. Consumes the oldest unread message of the
+-- topic and records it as the checkpoint in the same transaction (exactly once), or waits.
+create or replace function pgdurable.recv_message(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_topic text,
+    p_timeout double precision default null
+) returns table (received boolean, payload jsonb)
+language plpgsql as $$
+declare
+    v_msg pgdurable.messages%rowtype;
+    v_now timestamptz := pgdurable.now();
+    v_topic text := coalesce(p_topic, '');
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    select * into v_msg from pgdurable.messages m
+     where m.run_id = p_run_id and m.topic = v_topic and m.consumed_at is null
+     order by m.id limit 1 for update;
+    if found then
+        update pgdurable.messages set consumed_at = v_now where id = v_msg.id;
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'message', 'recv:' || v_topic, v_msg.payload, p_attempt, v_now, v_now);
+        delete from pgdurable.timers where run_id = p_run_id;
+        return query select true, v_msg.payload;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'message:' || v_topic, p_timeout, p_seq, p_key,
+                                       'message', 'recv:' || v_topic);
+    return query select false, null::jsonb;
+end $$;
+
+-- Called by the SDK when a workflow waits for another run (handle.result() of a child,
+-- gather()). Fenced. If the target has finished, its outcome is recorded as the checkpoint and
+-- returned; else the run waits, holding no worker, until the target ends.
+create or replace function pgdurable.wait_run(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_target uuid
+) returns table (finished boolean, status text, output jsonb, error jsonb)
+language plpgsql as $$
+declare
+    v_t pgdurable.runs%rowtype;
+    v_now timestamptz := pgdurable.now();
+begin
+    select * into v_t from pgdurable.runs r where r.id = p_target for share;
+    perform pgdurable._fence(p_run_id, p_attempt);
+    if v_t.id is null then
+        raise exception 'run % does not exist', p_target using errcode = 'PD001';
+    end if;
+    if v_t.status in ('completed', 'failed', 'cancelled') then
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'result', v_t.workflow_name,
+                jsonb_build_object('run_id', v_t.id, 'status', v_t.status, 'output', v_t.output),
+                case when v_t.status = 'completed' then null else v_t.error end,
+                p_attempt, v_now, v_now);
+        return query select true, v_t.status, v_t.output, v_t.error;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'run:' || p_target, null, p_seq, p_key, 'result',
+                                       v_t.workflow_name);
+    return query select false, v_t.status, null::jsonb, null::jsonb;
+end $$;
+
+-- Called by the SDK while a failed or cancelled run executes its compensations: like
+-- record_checkpoint, fenced by attempt, but allowed on a run whose cancel was requested.
+create or replace function pgdurable.record_compensation(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_step_key text, p_step_name text,
+    p_output jsonb, p_error jsonb default null, p_attempts integer default 1
+) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    perform 1 from pgdurable.runs
+     where id = p_run_id and attempt = p_attempt and status = 'running' for share;
+    if not found then
+        raise exception 'lease lost on run % (attempt %)', p_run_id, p_attempt using errcode = 'PD002';
+    end if;
+    insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                       attempts, run_attempt, started_at, completed_at)
+    values (p_run_id, p_step_key, p_seq, 'step', p_step_name, p_output, p_error, p_attempts,
+            p_attempt, v_now, v_now);
 end $$;
 
 -- A view of every run with its progress, for dashboards and psql.

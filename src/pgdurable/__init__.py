@@ -7,6 +7,10 @@ docs/reference/sql.md.
 from ._app import App, Step, Transaction, Workflow, WorkflowCall
 from ._errors import (
     Cancelled,
+    DeadlineExceeded,
+    EventTimeout,
+    MessageTimeout,
+    WaitTimeout,
     InvalidInput,
     InvalidState,
     LeaseLost,
@@ -27,6 +31,7 @@ from ._handle import RunHandle
 from ._retry import Retry
 from ._schema import SCHEMA_VERSION, schema_sql
 from ._steps import now, random, sleep, sleep_until, uuid4
+from ._waiting import compensate, gather, patched, recv, wait_for_event
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -61,6 +66,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "App",
     "Cancelled",
+    "DeadlineExceeded",
+    "EventTimeout",
+    "MessageTimeout",
     "InvalidInput",
     "InvalidState",
     "LeaseLost",
@@ -81,14 +89,20 @@ __all__ = [
     "Transaction",
     "Worker",
     "Workflow",
+    "WaitTimeout",
     "WorkflowCall",
     "WorkflowFailed",
     "WorkflowIdConflict",
+    "compensate",
     "current_run",
+    "gather",
     "now",
+    "patched",
     "random",
+    "recv",
     "schema_sql",
     "sleep",
     "sleep_until",
     "uuid4",
+    "wait_for_event",
 ]

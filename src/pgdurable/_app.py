@@ -156,8 +156,13 @@ class App:
         *,
         queue: str = "default",
         max_recoveries: int | None = None,
+        on_failure: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
-        """Register a workflow. Its name defaults to the function's qualified name."""
+        """Register a workflow. Its name defaults to the function's qualified name.
+
+        ``on_failure(info)`` runs once, durably, when a run fails; ``info`` holds run_id,
+        workflow_id, failed_step, error, input and the outputs of the completed steps.
+        """
 
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
             wf_name = _check_name("workflow", name or fn.__qualname__.replace("<locals>.", ""))
@@ -167,7 +172,7 @@ class App:
                     f"a workflow named {wf_name!r} is already registered on this app: "
                     "give one of them name=..."
                 )
-            wf = Workflow(self, fn, wf_name, queue, max_recoveries)
+            wf = Workflow(self, fn, wf_name, queue, max_recoveries, on_failure)
             self.workflows[wf_name] = wf
             return wf
 
@@ -214,6 +219,47 @@ class App:
         from ._worker import Worker
 
         return Worker(self, concurrency=concurrency, queues=queues, poll_interval=poll_interval)
+
+    def emit_event(
+        self, name: str, payload: Any = None, *, conn: psycopg.Connection[Any] | None = None
+    ) -> None:
+        """Emit the durable event ``name``: every run waiting for it wakes. Inside a workflow it
+        is checkpointed; with ``conn`` it exists only if that transaction commits."""
+        from ._waiting import emit_in_run
+
+        ctx = _context.current()
+        if ctx is not None and conn is None:
+            emit_in_run(ctx, name, payload)
+            return
+        body = _codec.checked(payload, f"payload of event {name!r}")
+        if conn is not None:
+            call_sql(conn, "emit_event", (name, body))
+        else:
+            with self.pool.connection() as c:
+                call_sql(c, "emit_event", (name, body))
+
+    def send(
+        self,
+        target: str | uuid.UUID,
+        payload: Any = None,
+        *,
+        topic: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Send a message to a run (by workflow_id or run id); it reads it with recv(topic).
+        Raises RunNotFound for an unknown run, InvalidState for a finished one."""
+        from ._waiting import send_in_run
+
+        ctx = _context.current()
+        if ctx is not None and conn is None:
+            send_in_run(ctx, str(target), payload, topic)
+            return
+        body = _codec.checked(payload, "message payload")
+        if conn is not None:
+            call_sql(conn, "send_message", (str(target), body, topic))
+        else:
+            with self.pool.connection() as c:
+                call_sql(c, "send_message", (str(target), body, topic))
 
     def start(
         self,
@@ -302,9 +348,11 @@ class Workflow(Generic[P, R]):
         name: str,
         queue: str,
         max_recoveries: int | None,
+        on_failure: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
+        self.on_failure = on_failure
         self.name = name
         self.queue = queue
         self.max_recoveries = max_recoveries

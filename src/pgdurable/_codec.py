@@ -73,7 +73,10 @@ def checked(value: Any, path: str) -> Jsonb:
 def error_json(exc: BaseException) -> dict[str, Any]:
     """The stored form of an exception: type, message and traceback text."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    module = cls.__module__
+    if module.startswith("pgdurable._"):
+        module = "pgdurable"  # the public path, importable when the error is replayed
+    name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
     return {
         "type": name,
         "message": str(exc),

@@ -63,6 +63,10 @@ class RunContext:
     lost: bool = False
     cancel_requested: bool = False
     stop_requested: threading.Event | None = None
+    compensating: bool = False
+    compensations: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = field(
+        default_factory=list
+    )
 
     def next_op(self, kind: str, name: str) -> tuple[int, str, Record | None]:
         """Advance the cursor: the position, the step key and the recorded result if any."""
@@ -85,7 +89,7 @@ class RunContext:
         """Called before each new durable operation: stop here if the run must not go on."""
         if self.lost:
             raise Released("lease lost", lost=True)
-        if self.cancel_requested:
+        if self.cancel_requested and not self.compensating:
             raise Cancelled(f"run {self.run_id} was cancelled")
         if self.stop_requested is not None and self.stop_requested.is_set():
             raise Released("worker shutting down")

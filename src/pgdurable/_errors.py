@@ -59,6 +59,22 @@ class Cancelled(PgDurableError):
     """The run was cancelled; raised inside the workflow at its next durable operation."""
 
 
+class WaitTimeout(PgDurableError, TimeoutError):
+    """A durable wait ended by its timeout (recorded: a replay raises it again)."""
+
+
+class EventTimeout(WaitTimeout):
+    """``wait_for_event`` reached its timeout before the event was emitted."""
+
+
+class MessageTimeout(WaitTimeout):
+    """``recv`` reached its timeout before a message arrived."""
+
+
+class DeadlineExceeded(PgDurableError):
+    """The run passed the deadline set by ``options(timeout=...)``."""
+
+
 class StepFailed(PgDurableError):
     """A step's recorded error, replayed when its original exception type cannot be rebuilt."""
 

@@ -11,7 +11,7 @@ import psycopg
 
 from . import _codec
 from ._context import Record, Released, RunContext, Suspended, _current
-from ._errors import Cancelled, LeaseLost, SerializationError
+from ._errors import Cancelled, LeaseLost
 
 if TYPE_CHECKING:
     from ._app import App
@@ -44,7 +44,7 @@ def execute(
     from ._app import call_sql
 
     (run_id, workflow_id, name, _queue, payload, attempt, _deadline, retry_key, retry_attempts,
-     checkpoints) = row
+     checkpoints, cancel_requested) = row
     wf = app.workflows.get(name)
     if wf is None:
         known = ", ".join(sorted(app.workflows)) or "none"
@@ -56,12 +56,26 @@ def execute(
         app=app, run_id=run_id, workflow_id=workflow_id, workflow_name=name, attempt=attempt,
         conn=conn, history=_history(checkpoints), retry_step_key=retry_key,
         retry_step_attempts=retry_attempts, stop_requested=stop,
+        cancel_requested=bool(cancel_requested),
     )
     app.leases.add(ctx)
     token = _current.set(ctx)
     try:
-        value = wf.fn(*payload.get("args", ()), **payload.get("kwargs", {}))
-        output = _codec.checked(value, f"result of workflow {name!r}")
+        try:
+            value = wf.fn(*payload.get("args", ()), **payload.get("kwargs", {}))
+            output = _codec.checked(value, f"result of workflow {name!r}")
+        except Cancelled as exc:
+            _undo(ctx)
+            call_sql(conn, "finish_cancel", (run_id, attempt))
+            return "cancelled", exc
+        except (Suspended, Released, LeaseLost, psycopg.OperationalError):
+            raise
+        except Exception as exc:
+            _undo(ctx)
+            if wf.on_failure is not None:
+                _run_on_failure(ctx, wf.on_failure, payload, exc)
+            call_sql(conn, "fail_run", (run_id, attempt, _codec.checked(_codec.error_json(exc), "error")))
+            return "failed", exc
         call_sql(conn, "complete_run", (run_id, attempt, output))
         return "completed", value
     except Suspended:
@@ -74,9 +88,6 @@ def execute(
             return "lost", LeaseLost(f"run {run_id}: lease lost")
         call_sql(conn, "release_run", (run_id, attempt, rel.reason, 0.0))
         return "released", None
-    except Cancelled as exc:
-        call_sql(conn, "finish_cancel", (run_id, attempt))
-        return "cancelled", exc
     except psycopg.OperationalError as exc:
         # The connection broke mid-run: hand the run back on a fresh connection so it is
         # replayed at once (steps at-least-once, transactions exactly-once); if that fails too,
@@ -84,12 +95,43 @@ def execute(
         log.warning("run %s: database connection lost (%s); handing it back", run_id, exc)
         _release_after_disconnect(app, run_id, attempt, str(exc))
         return "released", exc
-    except (Exception, SerializationError) as exc:
-        call_sql(conn, "fail_run", (run_id, attempt, _codec.checked(_codec.error_json(exc), "error")))
-        return "failed", exc
     finally:
         _current.reset(token)
         app.leases.remove(ctx)
+
+
+def _undo(ctx: RunContext) -> None:
+    if ctx.compensations:
+        from ._waiting import run_compensations
+
+        run_compensations(ctx)
+
+
+def _run_on_failure(
+    ctx: RunContext, handler: Any, payload: dict[str, Any], exc: BaseException
+) -> None:
+    """The workflow's failure handler, run once as a durable step named 'on_failure'."""
+    from ._app import call_sql
+    from ._retry import Retry
+    from ._steps import run_step
+
+    rows = call_sql(ctx.conn, "run_steps", (ctx.run_id,)).fetchall()
+    failed = next((r[1] for r in reversed(rows) if r[5] is not None), None)
+    info = {
+        "run_id": str(ctx.run_id),
+        "workflow_id": ctx.workflow_id,
+        "workflow_name": ctx.workflow_name,
+        "failed_step": failed,
+        "error": _codec.error_json(exc),
+        "input": payload,
+        "steps": {r[1]: r[4] for r in rows if r[5] is None and r[2] in ("step", "transaction")},
+    }
+    ctx.compensating = True
+    try:
+        run_step(ctx, "step", "on_failure", Retry(max_attempts=3, initial_delay=0.5), handler,
+                 (info,), {})
+    except Exception as handler_exc:  # the run fails with its own error, not the handler's
+        log.error("run %s: on_failure handler raised %r", ctx.run_id, handler_exc)
 
 
 def _release_after_disconnect(app: App, run_id: UUID, attempt: int, why: str) -> None:

@@ -60,6 +60,18 @@ class RunHandle(Generic[R]):
         Raises TimeoutError after ``timeout`` seconds (None waits forever). Woken by
         LISTEN/NOTIFY when the run ends, with polling as the fallback.
         """
+        from ._context import current
+
+        ctx = current()
+        if ctx is not None:
+            if timeout is not None:
+                raise ValueError(
+                    "inside a workflow result() waits durably and takes no timeout: give the "
+                    "child a deadline with .options(timeout=...) instead"
+                )
+            from ._waiting import wait_result
+
+            return wait_result(ctx, self)
         deadline = None if timeout is None else time.monotonic() + timeout
         status, output, error = self._state()
         if status in FINISHED:

@@ -45,11 +45,16 @@ def _record(
     attempts: int = 1,
     started: datetime | None = None,
 ) -> None:
+    err = None if error is None else _codec.checked(error, "error")
+    if ctx.compensating:
+        # A failing or cancelled run undoing its work: allowed past a cancel request.
+        _sql(ctx, "record_compensation",
+             (ctx.run_id, ctx.attempt, seq, key, name, output, err, attempts))
+        return
     _sql(
         ctx,
         "record_checkpoint",
-        (ctx.run_id, ctx.attempt, seq, key, kind, name, output,
-         None if error is None else _codec.checked(error, "error"), attempts, started),
+        (ctx.run_id, ctx.attempt, seq, key, kind, name, output, err, attempts, started),
     )
 
 

@@ -104,7 +104,7 @@ class Worker:
                 try:
                     rows = self._claim(free)
                     backoff = 0.1
-                except psycopg.OperationalError as exc:
+                except psycopg.Error as exc:
                     log.warning("claim failed (%s); retrying in %.1f s", exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
