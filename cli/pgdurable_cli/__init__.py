@@ -1,0 +1,1 @@
+"""The `pgdurable` command line (click). The SDK in src/pgdurable never imports it."""

@@ -1,0 +1,410 @@
+"""The `pgdurable` command: install the schema, run workers, look at and operate runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+
+import pgdurable
+from pgdurable._queries import Q
+from pgdurable._schema import SCHEMA_VERSION, check_schema, init_schema
+
+from ._output import cell, echo_fields, echo_json, echo_table, rows_as_dicts
+from ._support import (
+    Duration,
+    call,
+    connect,
+    describe_dsn,
+    errors,
+    find_run,
+    format_duration,
+    load_app,
+    resolve_dsn,
+    session,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+FINISHED = frozenset(STATUSES[4:])
+
+
+def dsn_option(fn: F) -> F:
+    return click.option(
+        "--dsn",
+        envvar="PGDURABLE_DSN",
+        show_envvar=True,
+        metavar="DSN",
+        help="PostgreSQL to use (URI or key=value). Default: $PGDURABLE_DSN, else the "
+        "embedded development server (pip install 'pgdurable[embedded]').",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        fn
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(pgdurable.__version__, prog_name="pgdurable")
+def cli() -> None:
+    """Durable execution on PostgreSQL: install the schema, run workers, inspect and operate
+    runs. See docs/reference/cli.md."""
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@dsn_option
+@click.option(
+    "--print", "print_sql", is_flag=True, help="Print the schema SQL instead of applying it."
+)
+def init(dsn: str | None, print_sql: bool) -> None:
+    """Install or upgrade the pgdurable schema (idempotent)."""
+    if print_sql:
+        click.echo(pgdurable.schema_sql(), nl=False)
+        return
+    url = resolve_dsn(dsn, auto_init=False)
+    with connect(url) as conn, errors(url):
+        changed = init_schema(conn)
+    if changed:
+        click.echo(f"installed schema version {SCHEMA_VERSION} in {describe_dsn(url)}")
+    else:
+        click.echo(f"schema already at version {SCHEMA_VERSION}, nothing to do")
+
+
+@cli.command()
+@dsn_option
+def check(dsn: str | None) -> None:
+    """Exit 0 if the schema is installed and current, else 1 with what to do."""
+    url = resolve_dsn(dsn)
+    with connect(url) as conn, errors(url):
+        version = check_schema(conn)
+    click.echo(f"schema version {version} is current in {describe_dsn(url)}")
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("app_spec", metavar="MODULE:ATTR")
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="PostgreSQL to use instead of the App's own (its dsn=, else $PGDURABLE_DSN, else the "
+    "embedded server).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Runs executed at the same time.",
+)
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="NAME",
+    help="Queue to claim from (repeatable). Default: the queues of the App's workflows.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds between claims when no notification arrives.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker(
+    app_spec: str,
+    dsn: str | None,
+    concurrency: int,
+    queues: tuple[str, ...],
+    poll_interval: float,
+    log_level: str,
+) -> None:
+    """Run workflows of the App MODULE:ATTR until SIGTERM or SIGINT.
+
+    ATTR is a pgdurable.App or a callable returning one. On the first signal the worker stops
+    claiming and hands its current runs back at their next durable operation; a second signal
+    exits at once.
+    """
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = load_app(app_spec)
+    if dsn:
+        if app._pool is not None:
+            raise click.UsageError(
+                f"{app_spec} already opened its connection pool at import, so --dsn cannot "
+                "apply: drop --dsn or create the App without connecting"
+            )
+        # The App resolves its DSN lazily; --dsn takes the place of what it was given.
+        app._dsn = dsn
+    try:
+        url = app.dsn
+    except RuntimeError as exc:
+        raise click.UsageError(f"{exc}; or pass --dsn") from exc
+    try:
+        with connect(url) as conn, errors(url):
+            check_schema(conn)
+        try:
+            runner = app.worker(concurrency, queues=queues or None, poll_interval=poll_interval)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if not app.workflows:
+            logging.getLogger("pgdurable.worker").warning(
+                "%s registers no workflows: this worker can only hand runs back", app_spec
+            )
+        logging.getLogger("pgdurable.worker").info(
+            "worker %s on %s: queues %s, concurrency %s, workflows %s",
+            app.worker_id,
+            describe_dsn(url),
+            ", ".join(runner.queues),
+            concurrency,
+            ", ".join(sorted(app.workflows)) or "none",
+        )
+        with errors(url):
+            runner.run()
+    finally:
+        app.close()
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+def _info(run: dict[str, Any]) -> str:
+    """The one thing to know about a run beyond its status."""
+    if run["error_type"] and run["status"] in ("failed", "sleeping"):
+        return f"{run['error_type']}: {run['error_message'] or ''}"
+    if run["status"] == "waiting" and run["wait_for"]:
+        until = f" until {cell(run['wakes_at'])}" if run["wakes_at"] else ""
+        return f"waiting for {run['wait_for']}{until}"
+    if run["status"] == "sleeping" and run["wakes_at"]:
+        return f"wakes {cell(run['wakes_at'])}"
+    return run["note"] or ""
+
+
+@cli.command()
+@dsn_option
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs in this status.")
+@click.option("--workflow", metavar="NAME", help="Only runs of this workflow.")
+@click.option("--queue", metavar="NAME", help="Only runs of this queue.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many runs.",
+)
+@json_option
+def runs(
+    dsn: str | None,
+    status: str | None,
+    workflow: str | None,
+    queue: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List runs, newest first."""
+    params = {"status": status, "workflow": workflow, "queue": queue, "limit": limit}
+    with session(dsn) as conn:
+        found = rows_as_dicts(conn.execute(Q["cli_list_runs"], params))
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("no runs match" if any((status, workflow, queue)) else "no runs yet")
+        return
+    echo_table(
+        ["id", "workflow_id", "workflow", "queue", "status", "attempt", "steps", "created", "info"],
+        [
+            [
+                r["id"],
+                cell(r["workflow_id"], 30),
+                cell(r["workflow_name"], 30),
+                r["queue_name"],
+                r["status"],
+                r["attempt"],
+                r["checkpoints"],
+                cell(r["created_at"]),
+                cell(_info(r), 50),
+            ]
+            for r in found
+        ],
+    )
+
+
+@cli.command()
+@click.argument("run")
+@dsn_option
+@json_option
+def show(run: str, dsn: str | None, as_json: bool) -> None:
+    """Show RUN (its id or workflow_id): fields, error and checkpoints."""
+    with session(dsn) as conn:
+        run_id, _, _ = find_run(conn, run)
+        fields = rows_as_dicts(conn.execute(Q["cli_show_run"], (run_id,)))
+        steps = rows_as_dicts(conn.execute(Q["run_steps"], (run_id,)))
+    if not fields:
+        raise click.ClickException(f"run {run_id} was deleted while it was being read")
+    info = fields[0]
+    if as_json:
+        echo_json({"run": info, "checkpoints": steps})
+        return
+    wake = f"{cell(info['wakes_at'])} ({info['wake_reason']})" if info["wakes_at"] else None
+    echo_fields(
+        [
+            ("run", info["id"]),
+            ("workflow_id", info["workflow_id"]),
+            ("workflow", info["workflow_name"]),
+            ("queue", info["queue_name"]),
+            (
+                "status",
+                info["status"]
+                + (
+                    " (cancel requested)"
+                    if info["cancel_requested"] and info["status"] == "running"
+                    else ""
+                ),
+            ),
+            ("priority", info["priority"]),
+            ("attempt", info["attempt"]),
+            ("recoveries", f"{info['recoveries']} of {info['max_recoveries']}"),
+            ("worker", info["worker_id"]),
+            ("lease until", info["lease_expires_at"]),
+            ("waiting for", info["wait_for"]),
+            ("wakes at", wake),
+            ("note", info["note"]),
+            ("parent", info["parent_id"]),
+            ("deadline", info["deadline_at"]),
+            ("created", info["created_at"]),
+            ("started", info["started_at"]),
+            ("updated", info["updated_at"]),
+            ("finished", info["finished_at"]),
+            ("input", info["input"]),
+            ("output", info["output"]),
+        ]
+    )
+    error = info["error"]
+    if isinstance(error, dict):
+        click.echo(f"\nerror: {error.get('type') or 'Error'}: {error.get('message') or ''}")
+        if error.get("traceback"):
+            click.echo(str(error["traceback"]).rstrip())
+    click.echo(f"\ncheckpoints ({len(steps)}):")
+    if steps:
+        echo_table(
+            ["seq", "key", "kind", "name", "attempts", "run attempt", "completed", "result"],
+            [
+                [
+                    s["seq"],
+                    s["step_key"],
+                    s["kind"],
+                    s["step_name"],
+                    s["attempts"],
+                    s["run_attempt"],
+                    cell(s["completed_at"]),
+                    cell(f"error {s['error']}" if s["error"] is not None else s["output"], 60),
+                ]
+                for s in steps
+            ],
+        )
+
+
+@cli.command()
+@click.argument("run")
+@dsn_option
+def cancel(run: str, dsn: str | None) -> None:
+    """Cancel RUN (its id or workflow_id) and its unfinished children."""
+    with session(dsn) as conn:
+        run_id, workflow_id, _ = find_run(conn, run)
+        # cancel_run answers a finished run with its status, 'cancelled' included: read it first
+        before = call(conn, "run_state", (run_id,))
+        outcome = call(conn, "cancel_run", (run_id,))
+    name = f"run {run_id} ({workflow_id})" if workflow_id != str(run_id) else f"run {run_id}"
+    if before in FINISHED:
+        click.echo(f"{name} had already finished ({before}): nothing to cancel")
+    elif outcome == "cancelled":
+        click.echo(f"cancelled {name}")
+    elif outcome == "cancelling":
+        click.echo(
+            f"cancel requested for {name}: it is running, and its worker stops it at its next "
+            "durable operation"
+        )
+    else:
+        click.echo(f"{name} finished ({outcome}) before it could be cancelled")
+
+
+def _restart(run: str, dsn: str | None, query: str, verb: str) -> None:
+    with session(dsn) as conn:
+        run_id, workflow_id, _ = find_run(conn, run)
+        call(conn, query, (run_id,))
+    name = f"run {run_id} ({workflow_id})" if workflow_id != str(run_id) else f"run {run_id}"
+    click.echo(f"{verb} {name}: pending again, it replays its checkpoints and goes on")
+
+
+@cli.command()
+@click.argument("run")
+@dsn_option
+def resume(run: str, dsn: str | None) -> None:
+    """Restart a failed or cancelled RUN from its last checkpoint."""
+    _restart(run, dsn, "resume_run", "resumed")
+
+
+@cli.command()
+@click.argument("run")
+@dsn_option
+def retry(run: str, dsn: str | None) -> None:
+    """Retry a failed RUN: completed steps are replayed, the failed one runs again."""
+    _restart(run, dsn, "cli_retry_run", "retrying")
+
+
+@cli.command()
+@dsn_option
+@click.option(
+    "--older-than",
+    type=Duration(),
+    required=True,
+    metavar="DURATION",
+    help="Delete finished runs that ended longer ago than this: 30s, 15m, 12h, 7d, 2w.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=10000,
+    show_default=True,
+    help="Runs deleted per transaction.",
+)
+def gc(dsn: str | None, older_than: timedelta, batch_size: int) -> None:
+    """Delete finished runs (completed, failed, cancelled) and their history."""
+    total = 0
+    with session(dsn) as conn:
+        while True:
+            deleted = int(call(conn, "cli_gc_runs", (older_than, batch_size)) or 0)
+            total += deleted
+            if deleted < batch_size:
+                break
+    click.echo(
+        f"deleted {total} run{'s' if total != 1 else ''} that finished more than "
+        f"{format_duration(older_than)} ago"
+    )
+
+
+if __name__ == "__main__":
+    cli()
