@@ -37,7 +37,7 @@ def describe_dsn(dsn: str) -> str:
         return "<unparsable DSN>"
     host = str(parts.get("host") or os.environ.get("PGHOST") or "local socket")
     port = parts.get("port") or os.environ.get("PGPORT") or "5432"
-    user = parts.get("user") or os.environ.get("PGUSER") or ""
+    user = str(parts.get("user") or os.environ.get("PGUSER") or "")
     dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user
     return f"{user + '@' if user else ''}{host}:{port}/{dbname}"
 
@@ -132,7 +132,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw])")
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
     """30s, 15m, 12h, 7d, 2w, or a sum of them such as 1d12h."""
 
     name = "duration"
