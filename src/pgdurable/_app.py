@@ -275,8 +275,16 @@ class App:
 
 
 class _Options:
-    __slots__ = ("delay", "max_recoveries", "on_conflict", "parent_id", "priority", "queue",
-                 "timeout", "workflow_id")
+    __slots__ = (
+        "delay",
+        "max_recoveries",
+        "on_conflict",
+        "parent_id",
+        "priority",
+        "queue",
+        "timeout",
+        "workflow_id",
+    )
 
     def __init__(
         self,
@@ -396,7 +404,10 @@ class Workflow(Generic[P, R]):
             with self.app.pool.connection() as c, c.transaction():
                 run_ids = run(c)
         keys: list[str | None] = list(ids) if ids is not None else [None] * len(run_ids)
-        return [RunHandle(self.app, r, k or str(r), self.name) for r, k in zip(run_ids, keys)]
+        return [
+            RunHandle(self.app, r, k or str(r), self.name)
+            for r, k in zip(run_ids, keys, strict=False)
+        ]
 
     def options(
         self,
@@ -412,8 +423,13 @@ class Workflow(Generic[P, R]):
     ) -> WorkflowCall[P, R]:
         """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``."""
         opts = _Options(
-            workflow_id=workflow_id, queue=queue, priority=priority, delay=delay,
-            on_conflict=on_conflict, timeout=timeout, max_recoveries=max_recoveries,
+            workflow_id=workflow_id,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            on_conflict=on_conflict,
+            timeout=timeout,
+            max_recoveries=max_recoveries,
         )
         return WorkflowCall(self, opts, conn)
 
@@ -437,12 +453,13 @@ class WorkflowCall(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = _context.current()
         if ctx is not None:
-            handle = _steps.start_child(ctx, self.wf, self.opts, args, kwargs)
-            return handle.result()
+            child: RunHandle[R] = _steps.start_child(ctx, self.wf, self.opts, args, kwargs)
+            return child.result()
         handle = self.start(*args, **kwargs)
         from ._executor import run_here
 
-        return run_here(self.wf.app, handle)
+        result: R = run_here(self.wf.app, handle)
+        return result
 
 
 class Step(Generic[P, R]):

@@ -25,5 +25,5 @@ def embedded_dsn() -> str:
         ) from exc
     path = data_dir()
     path.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(path, cleanup_mode=None)
+    server = pgserver.get_server(path, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())

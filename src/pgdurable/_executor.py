@@ -43,8 +43,19 @@ def execute(
     """
     from ._app import call_sql
 
-    (run_id, workflow_id, name, _queue, payload, attempt, _deadline, retry_key, retry_attempts,
-     checkpoints, cancel_requested) = row
+    (
+        run_id,
+        workflow_id,
+        name,
+        _queue,
+        payload,
+        attempt,
+        _deadline,
+        retry_key,
+        retry_attempts,
+        checkpoints,
+        cancel_requested,
+    ) = row
     wf = app.workflows.get(name)
     if wf is None:
         known = ", ".join(sorted(app.workflows)) or "none"
@@ -53,9 +64,16 @@ def execute(
         call_sql(conn, "release_run", (run_id, attempt, reason, UNKNOWN_WORKFLOW_DELAY))
         return "released", None
     ctx = RunContext(
-        app=app, run_id=run_id, workflow_id=workflow_id, workflow_name=name, attempt=attempt,
-        conn=conn, history=_history(checkpoints), retry_step_key=retry_key,
-        retry_step_attempts=retry_attempts, stop_requested=stop,
+        app=app,
+        run_id=run_id,
+        workflow_id=workflow_id,
+        workflow_name=name,
+        attempt=attempt,
+        conn=conn,
+        history=_history(checkpoints),
+        retry_step_key=retry_key,
+        retry_step_attempts=retry_attempts,
+        stop_requested=stop,
         cancel_requested=bool(cancel_requested),
     )
     app.leases.add(ctx)
@@ -74,7 +92,9 @@ def execute(
             _undo(ctx)
             if wf.on_failure is not None:
                 _run_on_failure(ctx, wf.on_failure, payload, exc)
-            call_sql(conn, "fail_run", (run_id, attempt, _codec.checked(_codec.error_json(exc), "error")))
+            call_sql(
+                conn, "fail_run", (run_id, attempt, _codec.checked(_codec.error_json(exc), "error"))
+            )
             return "failed", exc
         call_sql(conn, "complete_run", (run_id, attempt, output))
         return "completed", value
@@ -128,8 +148,15 @@ def _run_on_failure(
     }
     ctx.compensating = True
     try:
-        run_step(ctx, "step", "on_failure", Retry(max_attempts=3, initial_delay=0.5), handler,
-                 (info,), {})
+        run_step(
+            ctx,
+            "step",
+            "on_failure",
+            Retry(max_attempts=3, initial_delay=0.5),
+            handler,
+            (info,),
+            {},
+        )
     except Exception as handler_exc:  # the run fails with its own error, not the handler's
         log.error("run %s: on_failure handler raised %r", ctx.run_id, handler_exc)
 

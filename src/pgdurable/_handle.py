@@ -27,7 +27,8 @@ class RunHandle(Generic[R]):
         self.workflow_name = workflow_name
 
     def __repr__(self) -> str:
-        return f"<RunHandle {self.workflow_name} workflow_id={self.workflow_id!r} run_id={self.run_id}>"
+        name, key = self.workflow_name, self.workflow_id
+        return f"<RunHandle {name} workflow_id={key!r} run_id={self.run_id}>"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RunHandle) and other.run_id == self.run_id
@@ -116,7 +117,7 @@ class RunHandle(Generic[R]):
         with self.app.pool.connection() as conn:
             cur = conn.execute(Q["run_steps"], (self.run_id,))
             cols = [c.name for c in cur.description or ()]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
 
 
 def _read(conn: Any, run_id: UUID) -> tuple[str, Any, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
@@ -27,7 +27,7 @@ class Leases:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._conn: psycopg.Connection[object] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
 
     def add(self, ctx: RunContext) -> None:
         with self._lock:

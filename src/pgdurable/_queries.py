@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ._sqlfiles import read_sql
 
@@ -25,7 +25,7 @@ def parse(text: str) -> dict[str, LiteralString]:
         if mark.group(1) in found:
             raise ValueError(f"query {mark.group(1)!r} is defined twice in queries.sql")
         # The file is part of the package, not user input: it is a literal in all but syntax.
-        found[mark.group(1)] = cast(LiteralString, body)
+        found[mark.group(1)] = body
     return found
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 
@@ -21,7 +21,7 @@ def schema_sql() -> str:
     return read_sql("schema.sql")
 
 
-def installed_version(conn: psycopg.Connection[object]) -> int | None:
+def installed_version(conn: psycopg.Connection[Any]) -> int | None:
     present = conn.execute(Q["schema_present"]).fetchone()
     if present is None or not present[0]:
         return None
@@ -29,7 +29,7 @@ def installed_version(conn: psycopg.Connection[object]) -> int | None:
     return None if row is None else cast("int | None", row[0])
 
 
-def init_schema(conn: psycopg.Connection[object]) -> bool:
+def init_schema(conn: psycopg.Connection[Any]) -> bool:
     """Create or upgrade the schema in one transaction. Returns False if it was already current.
 
     Raises PermissionError naming the missing privilege when the role cannot create it.
@@ -46,7 +46,8 @@ def init_schema(conn: psycopg.Connection[object]) -> bool:
             )
         try:
             # The schema file is shipped with the package: a literal, loaded from disk.
-            conn.execute(cast("LiteralString", schema_sql()))
+            sql_text: LiteralString = schema_sql()
+            conn.execute(sql_text)
         except psycopg.errors.InsufficientPrivilege as exc:
             info = conn.info
             raise PermissionError(
@@ -58,7 +59,7 @@ def init_schema(conn: psycopg.Connection[object]) -> bool:
     return True
 
 
-def check_schema(conn: psycopg.Connection[object]) -> int:
+def check_schema(conn: psycopg.Connection[Any]) -> int:
     """Raise SchemaMissing / SchemaOutdated unless the installed schema matches this package."""
     version = installed_version(conn)
     if version is None:

@@ -48,8 +48,11 @@ def _record(
     err = None if error is None else _codec.checked(error, "error")
     if ctx.compensating:
         # A failing or cancelled run undoing its work: allowed past a cancel request.
-        _sql(ctx, "record_compensation",
-             (ctx.run_id, ctx.attempt, seq, key, name, output, err, attempts))
+        _sql(
+            ctx,
+            "record_compensation",
+            (ctx.run_id, ctx.attempt, seq, key, name, output, err, attempts),
+        )
         return
     _sql(
         ctx,
@@ -87,8 +90,18 @@ def _on_failure(
     delay = policy.delay(attempts)
     if delay <= policy.inline_limit:
         return delay
-    _sql(ctx, "schedule_retry",
-         (ctx.run_id, ctx.attempt, key, attempts, delay, _codec.checked(_codec.error_json(exc), "error")))
+    _sql(
+        ctx,
+        "schedule_retry",
+        (
+            ctx.run_id,
+            ctx.attempt,
+            key,
+            attempts,
+            delay,
+            _codec.checked(_codec.error_json(exc), "error"),
+        ),
+    )
     raise Suspended()
 
 
@@ -248,7 +261,14 @@ def start_child(
     opts.parent_id = str(ctx.run_id)
     with ctx.conn.transaction():
         handle = _start(ctx.app, wf.name, args, kwargs, opts, ctx.conn, wf)
-        _record(ctx, seq, key, "child", wf.name,
-                _codec.checked({"run_id": str(handle.run_id), "workflow_id": handle.workflow_id},
-                               "child"))
+        _record(
+            ctx,
+            seq,
+            key,
+            "child",
+            wf.name,
+            _codec.checked(
+                {"run_id": str(handle.run_id), "workflow_id": handle.workflow_id}, "child"
+            ),
+        )
     return handle

@@ -137,8 +137,14 @@ def compensate(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     seq, key, rec = ctx.next_op("compensate", name)
     if rec is None:
         ctx.check_alive()
-        _record(ctx, seq, key, "compensate", name,
-                _codec.checked({"args": list(args), "kwargs": kwargs}, f"arguments of {name}"))
+        _record(
+            ctx,
+            seq,
+            key,
+            "compensate",
+            name,
+            _codec.checked({"args": list(args), "kwargs": kwargs}, f"arguments of {name}"),
+        )
     ctx.compensations.append((name, fn, args, kwargs))
 
 

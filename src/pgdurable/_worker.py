@@ -46,8 +46,10 @@ class Worker:
 
         self.app = app
         self.concurrency = concurrency
-        chosen = list(queues) if queues is not None else sorted(
-            {wf.queue for wf in app.workflows.values()} | {"default"}
+        chosen = (
+            list(queues)
+            if queues is not None
+            else sorted({wf.queue for wf in app.workflows.values()} | {"default"})
         )
         self.queues = [_check_name("queue", q) for q in chosen]
         self.poll_interval = poll_interval
@@ -75,7 +77,7 @@ class Worker:
 
     def run(self) -> None:
         """Claim and execute runs until stopped."""
-        installed: list[tuple[int, Any]] = []
+        installed: list[tuple[signal.Signals, Any]] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed.append((sig, signal.signal(sig, self._on_signal)))
@@ -87,8 +89,8 @@ class Worker:
             self._loop(pool)
         finally:
             pool.shutdown(wait=True)
-            for sig, previous in installed:
-                signal.signal(sig, previous)
+            for signum, previous in installed:
+                signal.signal(signum, previous)
             log.info("worker %s stopped", self.app.worker_id)
 
     # --- internals ---------------------------------------------------------------------------
