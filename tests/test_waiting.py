@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +13,8 @@ import pytest
 import pgdurable
 from apps import crash_app, waiting_app
 from apps.support import query, running_worker, scalar, shift_clock, wait_status, wait_until
-from conftest import PYTHON, ROOT
-
-Spawn = Callable[[], subprocess.Popen[bytes]]
+from apps.waiting_app import Spawn, effects, start_in_process
+from test_crash import kill9
 
 
 def checkpoints(dsn: str, run_id: Any) -> list[tuple[str, str]]:
@@ -325,9 +321,8 @@ def test_negative_timeout_inside_a_workflow_fails_the_run_without_waiting(
         return pgdurable.wait_for_event("x", timeout=-5)
 
     h = bad.start()
-    with running_worker(app):
-        with pytest.raises(pgdurable.WorkflowFailed) as info:
-            h.result(timeout=10)
+    with running_worker(app), pytest.raises(pgdurable.WorkflowFailed) as info:
+        h.result(timeout=10)
     assert info.value.error_type == "ValueError"
     assert checkpoints(dsn, h.run_id) == []
 
@@ -352,53 +347,23 @@ def test_non_json_payloads_are_rejected_before_anything_is_written(
 
 
 @pytest.fixture
-def spawn_waiting_worker(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
-    """Starts ``python -m apps.run_worker apps.waiting_app`` subprocesses; kills leftovers."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"waiting-worker{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "apps.run_worker", "apps.waiting_app", "2"],
-            cwd=ROOT / "tests", env=run_subprocess_env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        procs.append(proc)
-        return proc
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-def effects(dsn: str, tag: str, what: str) -> int:
-    return int(scalar(
-        dsn, "select count(*) from side_effects where tag = %s and what = %s", (tag, what)
-    ))
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(10) == -signal.SIGKILL
+def spawn(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
+    with waiting_app.worker_processes(run_subprocess_env, tmp_path) as spawn:
+        yield spawn
 
 
 @pytest.mark.slow
 def test_event_payload_survives_a_kill_after_it_was_received(
-    dsn: str, spawn_waiting_worker: Spawn, tmp_path: Path
+    dsn: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    crash_app.prepare(dsn)
-    app = waiting_app.build(dsn)
-    h = app.start("waiting.event", ["ev", "approved:o-7", str(gate)])
-    victim = spawn_waiting_worker()
+    app, h, victim = start_in_process(dsn, spawn, "waiting.event", ["ev", "ok:o-7", str(gate)])
     wait_status(dsn, h.run_id, "waiting")
-    app.emit_event("approved:o-7", {"by": "ann"})
+    app.emit_event("ok:o-7", {"by": "ann"})
     wait_until("the step after the event to start", lambda: effects(dsn, "ev", "after-event-start"))
     kill9(victim)  # the payload is checkpointed, the next step is in flight
 
-    app.emit_event("approved:o-7", {"by": "bob"})  # a newer fact must not change this run
+    app.emit_event("ok:o-7", {"by": "bob"})  # a newer fact must not change this run
     gate.touch()
     shift_clock(dsn, "1 minute")
     with running_worker(app):
@@ -408,25 +373,21 @@ def test_event_payload_survives_a_kill_after_it_was_received(
 
 
 @pytest.mark.slow
-def test_waiting_run_outlives_its_worker(
-    dsn: str, spawn_waiting_worker: Spawn, tmp_path: Path
-) -> None:
+def test_waiting_run_outlives_its_worker(dsn: str, spawn: Spawn, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     gate.touch()
-    crash_app.prepare(dsn)
-    app = waiting_app.build(dsn)
-    h = app.start("waiting.event", ["orphan", "late", str(gate)])
-    victim = spawn_waiting_worker()
+    app, h, victim = start_in_process(dsn, spawn, "waiting.event", ["orphan", "late", str(gate)])
     wait_status(dsn, h.run_id, "waiting")
     kill9(victim)  # nothing to take over: a waiting run has no lease
     app.emit_event("late", "finally")
     with running_worker(app):
         assert h.result(timeout=20) == "finally"
+    app.close()
 
 
 @pytest.mark.slow
 def test_message_consumed_exactly_once_across_a_kill(
-    dsn: str, spawn_waiting_worker: Spawn, tmp_path: Path
+    dsn: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
     crash_app.prepare(dsn)
@@ -434,7 +395,7 @@ def test_message_consumed_exactly_once_across_a_kill(
     h = app.start("waiting.recv", ["mq", str(gate)])
     app.send(h.run_id, "m1", topic="jobs")
     app.send(h.run_id, "m2", topic="jobs")
-    victim = spawn_waiting_worker()
+    victim = spawn()
     wait_until("the step after recv to start", lambda: effects(dsn, "mq", "after-recv-start"))
     kill9(victim)
     assert query(

@@ -8,12 +8,62 @@ compensation has been checkpointed and the next operation has not.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pgdurable
 
-from .crash_app import note
-from .support import wait_for_file
+from .crash_app import note, prepare
+from .support import scalar, wait_for_file, wait_until
+
+TESTS = Path(__file__).resolve().parent.parent
+Spawn = Callable[[], "subprocess.Popen[bytes]"]
+
+
+@contextmanager
+def worker_processes(env: dict[str, str], log_dir: Path) -> Iterator[Spawn]:
+    """A ``spawn()`` that starts a worker process of this app (logs in log_dir); the processes
+    still alive at the end of the block are killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    cmd = [sys.executable, "-m", "apps.run_worker", "apps.waiting_app", "2"]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with open(log_dir / f"waiting-worker{len(procs)}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    try:
+        yield spawn
+    finally:
+        for proc in (p for p in procs if p.poll() is None):
+            proc.kill()
+            proc.wait(10)
+
+
+def effects(dsn: str, tag: str, what: str) -> int:
+    """How many times the side effect ``what`` of ``tag`` really happened."""
+    return int(scalar(
+        dsn, "select count(*) from side_effects where tag = %s and what = %s", (tag, what)
+    ))
+
+
+def start_in_process(
+    dsn: str, spawn: Spawn, workflow: str, args: list[Any], started: str | None = None
+) -> tuple[pgdurable.App, pgdurable.RunHandle[Any], subprocess.Popen[bytes]]:
+    """Create the tables, start a run of ``workflow`` and a worker process; wait until the
+    process has recorded the side effect ``started`` (of tag ``args[0]``) if given."""
+    prepare(dsn)
+    app = build(dsn)
+    handle = app.start(workflow, args)
+    proc = spawn()
+    if started is not None:
+        wait_until(f"{started!r} in the worker process", lambda: effects(dsn, args[0], started))
+    return app, handle, proc
 
 
 def build(dsn: str, lease: float = 2.0) -> pgdurable.App:
