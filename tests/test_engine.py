@@ -35,6 +35,17 @@ def run_count(dsn: str) -> int:
     return int(scalar(dsn, "select count(*) from pgdurable.runs"))
 
 
+def terminate_backends(dsn: str) -> int:
+    """Kill every other session of the database, as a restart or failover would."""
+    return int(
+        scalar(
+            dsn,
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid()",
+        )
+    )
+
+
 def checkpoint_rows(dsn: str, run_id: Any) -> list[tuple[Any, ...]]:
     """(step_key, kind, attempts, has error) of a run's checkpoints, in order."""
     return query(
@@ -481,12 +492,7 @@ def test_worker_survives_terminated_backends_and_writes_each_row_once(app: pgdur
     handles = [flow.start(i) for i in range(4)]
     with running_worker(app, concurrency=4):
         wait_until("all four runs in flight", lambda: len(holding) == 4)
-        killed = scalar(
-            dsn,
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-            "where datname = current_database() and pid <> pg_backend_pid()",
-        )
-        assert killed >= 4
+        assert terminate_backends(dsn) >= 4
         release.set()
         wait_until(
             "all runs to complete",
@@ -500,6 +506,21 @@ def test_worker_survives_terminated_backends_and_writes_each_row_once(app: pgdur
     assert query(dsn, "select n, which, count(*) from tx_rows group by 1, 2 order by 1, 2") == [
         (i, which, 1) for i in range(4) for which in ("first", "second")
     ]
+
+
+def test_app_calls_recover_from_connections_the_server_dropped(app: pgdurable.App) -> None:
+    @app.workflow(name="conn.idle")
+    def flow() -> str:
+        return "ok"
+
+    handle = flow.start()
+    with running_worker(app):
+        assert handle.result(timeout=10) == "ok"
+    # A restart, failover or idle timeout drops the pool's idle connections.
+    assert terminate_backends(app.dsn)
+    assert handle.status() == "completed"
+    assert app.handle(handle.run_id).steps() == []
+    assert flow.start().status() == "pending"
 
 
 def test_start_in_callers_transaction_exists_only_if_it_commits(app: pgdurable.App) -> None:

@@ -118,6 +118,9 @@ class App:
                         kwargs={"autocommit": True},
                         name="pgdurable",
                         open=True,
+                        # A connection the server dropped (restart, failover, idle timeout)
+                        # is replaced at checkout instead of failing the caller's next call.
+                        check=ConnectionPool.check_connection,
                     )
         return self._pool
 
