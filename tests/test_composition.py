@@ -381,6 +381,40 @@ def test_saga_compensations_run_in_reverse_once_each_then_the_run_fails(
     ) == [("undo:release_hold", 1), ("undo:refund", 2)]
 
 
+def test_a_compensation_failing_for_good_does_not_hide_the_original_error(
+    app: pgdurable.App, dsn: str
+) -> None:
+    log: list[str] = []
+
+    @app.step(retry=pgdurable.Retry(max_attempts=2, initial_delay=0.01))
+    def cancel_booking() -> None:
+        raise RuntimeError("booking API gone")
+
+    @app.step()
+    def refund() -> None:
+        log.append("refund")
+
+    @app.step()
+    def boom() -> None:
+        raise pgdurable.NonRetryableError("boom")
+
+    @app.workflow()
+    def trip() -> None:
+        pgdurable.compensate(refund)
+        pgdurable.compensate(cancel_booking)
+        boom()
+
+    h = trip.start()
+    with running_worker(app), pytest.raises(pgdurable.WorkflowFailed) as info:
+        h.result(timeout=10)
+    assert (info.value.error_type, info.value.message) == ("pgdurable.NonRetryableError", "boom")
+    assert log == ["refund"]  # the older compensation still ran
+    assert query(
+        dsn, "select step_key, attempts, error ->> 'message' from pgdurable.checkpoints "
+        "where run_id = %s and step_key like 'undo:%%' order by seq", (h.run_id,)
+    ) == [("undo:cancel_booking", 2, "booking API gone"), ("undo:refund", 1, None)]
+
+
 def test_cancelling_a_waiting_saga_runs_its_compensations(app: pgdurable.App, dsn: str) -> None:
     log: list[str] = []
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _codec
 from ._context import RunContext, Suspended, require
-from ._errors import RunCancelled, WorkflowFailed
+from ._errors import LeaseLost, RunCancelled, WorkflowFailed
 from ._steps import _record, _replayed, _sql
 
 if TYPE_CHECKING:
@@ -156,10 +157,18 @@ def run_compensations(ctx: RunContext) -> None:
 
     ctx.compensating = True
     for name, fn, args, kwargs in reversed(ctx.compensations):
-        if isinstance(fn, Step):
-            run_step(ctx, "step", f"undo:{name}", fn.retry, fn.fn, args, kwargs)
-        else:
-            run_step(ctx, "step", f"undo:{name}", Retry(), fn, args, kwargs)
+        try:
+            if isinstance(fn, Step):
+                run_step(ctx, "step", f"undo:{name}", fn.retry, fn.fn, args, kwargs)
+            else:
+                run_step(ctx, "step", f"undo:{name}", Retry(), fn, args, kwargs)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            # Its error is the undo step's checkpoint; the other compensations still run and
+            # the run ends with its original error (not stuck 'running' until dead-lettered).
+            logging.getLogger("pgdurable.executor").error(
+                "run %s: compensation %s failed after its retries: %r", ctx.run_id, name, exc)
 
 
 def patched(change_id: str) -> bool:
