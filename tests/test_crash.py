@@ -12,7 +12,7 @@ import pytest
 
 import pgdurable
 from apps import crash_app
-from apps.support import query, running_worker, scalar, shift_clock, wait_until
+from apps.support import listeners, query, running_worker, scalar, shift_clock, wait_until
 from conftest import PYTHON, ROOT
 
 pytestmark = pytest.mark.slow
@@ -175,3 +175,13 @@ def test_sigterm_hands_the_run_back_and_exits_zero(
         assert handle.result(timeout=20) == ["s1", "s2"]
     assert effects(dsn, "g", "s1") == 1
     assert effects(dsn, "g", "s2") == 1
+
+
+def test_idle_worker_exits_zero_on_sigterm(dsn: str, spawn_worker: Spawn) -> None:
+    proc = spawn_worker()
+    wait_until(
+        "the worker process to LISTEN",
+        lambda: listeners(dsn),
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0

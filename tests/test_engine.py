@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 import pgdurable
 from apps.support import (
+    listeners,
     query,
     run_status,
     running_worker,
@@ -170,6 +171,35 @@ def test_zombie_transaction_step_rolls_back_and_the_new_owner_writes_once(
         assert handle.result(timeout=15) == 3
     assert query(dsn, "select attempt from orders") == [(3,)]
     assert checkpoint_rows(dsn, handle.run_id) == [("write", "transaction", 1, False)]
+
+
+def test_worker_heartbeats_keep_a_long_step_from_being_taken_over(dsn: str) -> None:
+    thefts: list[Any] = []
+
+    with pgdurable.App(dsn, lease=0.3) as app:
+
+        @app.step()
+        def slow() -> str:
+            # Three lease lengths of real time: only heartbeats keep the run this worker's.
+            deadline = time.monotonic() + 0.9
+            while time.monotonic() < deadline:
+                thefts.extend(
+                    query(
+                        dsn, "select id from pgdurable.claim_runs('thief', array['default'], 1, 5)"
+                    )
+                )
+                time.sleep(0.05)
+            return "mine"
+
+        @app.workflow(name="hb.slow")
+        def flow() -> str:
+            return slow()
+
+        handle = flow.start()
+        with running_worker(app, concurrency=1):
+            assert handle.result(timeout=10) == "mine"
+    assert thefts == []
+    assert query(dsn, "select attempt, recoveries from pgdurable.runs") == [(1, 0)]
 
 
 def test_heartbeat_extends_all_leases_of_a_worker_in_one_statement(
@@ -532,11 +562,7 @@ def test_start_in_callers_transaction_exists_only_if_it_commits(app: pgdurable.A
     with running_worker(app, concurrency=2, poll_interval=30):
         wait_until(
             "the worker to LISTEN",
-            lambda: scalar(
-                dsn,
-                "select count(*) from pg_stat_activity where datname = current_database() "
-                "and query ilike 'listen pgdurable_wake%%'",
-            ),
+            lambda: listeners(dsn),
         )
         with psycopg.connect(dsn) as c:
             double.options(conn=c).start(1)

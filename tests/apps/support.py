@@ -83,3 +83,14 @@ def running_worker(
 def wait_for_file(path: str | Path, timeout: float = 60.0) -> None:
     """Block (inside a step) until the test creates ``path``: a gate the test opens."""
     wait_until(f"gate file {path}", Path(path).exists, timeout, every=0.01)
+
+
+def listeners(dsn: str) -> int:
+    """How many sessions of the database LISTEN for runnable runs (one per started worker)."""
+    return int(
+        scalar(
+            dsn,
+            "select count(*) from pg_stat_activity where datname = current_database() "
+            "and query ilike 'listen pgdurable_wake%%'",
+        )
+    )
