@@ -100,8 +100,8 @@ def _where() -> str:
 
 def main() -> None:
     print(f"database: {_where()}")
-    installed = app.init_schema()  # what `pgdurable init` does; a no-op when already current
-    print("schema: installed" if installed else "schema: already up to date")
+    app.init_schema()  # what `pgdurable init` does; a no-op when the schema is current
+    print(f"schema: version {pgdurable.SCHEMA_VERSION} ready")
 
     order_id = ARGS.order_id or f"o-{uuid.uuid4().hex[:8]}"
     handle = process_order.options(workflow_id=f"order-{order_id}").start(order_id, ARGS.cents)
