@@ -923,6 +923,9 @@ begin
          where id = v_run.id;
         delete from pgdurable.timers where run_id = v_run.id;
         perform pg_notify('pgdurable_wake', v_run.queue_name);
+    elsif v_run.status = 'pending' then
+        -- our row lock made concurrent claims skip this run: tell the workers to look again
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
     end if;
     return v_id;
 end $$;
@@ -985,6 +988,10 @@ begin
     end if;
     perform pgdurable._suspend_waiting(p_run_id, 'run:' || p_target, null, p_seq, p_key, 'result',
                                        v_t.workflow_name);
+    if v_t.status = 'pending' then
+        -- our share lock made concurrent claims skip the target: tell the workers to look again
+        perform pg_notify('pgdurable_wake', v_t.queue_name);
+    end if;
     return query select false, v_t.status, null::jsonb, null::jsonb;
 end $$;
 

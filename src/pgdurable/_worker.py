@@ -99,9 +99,11 @@ class Worker:
         backoff = 0.1
         self.ready.set()
         while not self._stop.is_set():
+            # Cleared before looking, so a NOTIFY or a freed slot that arrives while we claim
+            # makes the wait below return at once instead of being lost.
+            self._wake.clear()
             with self._lock:
                 free = self.concurrency - self._active
-            got = 0
             if free > 0:
                 try:
                     rows = self._claim(free)
@@ -111,17 +113,14 @@ class Worker:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                got = len(rows)
+                log.debug("claimed %d of %d free slots", len(rows), free)
                 for row in rows:
                     with self._lock:
                         self._active += 1
                     pool.submit(self._execute, row).add_done_callback(self._done)
-            if got and got == free:
-                continue  # there may be more; loop claims again once a slot frees
-            if got:
-                continue
+                if len(rows) == free:
+                    continue  # the queue may hold more: claim again as soon as a slot frees
             self._wake.wait(self.poll_interval)
-            self._wake.clear()
 
     def _claim(self, limit: int) -> list[tuple[Any, ...]]:
         from ._app import call_sql
@@ -163,6 +162,7 @@ class Worker:
                     self._wake.set()  # anything sent while we were not listening
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
+                            log.debug("notified: %s", note.payload)
                             if note.payload in wanted:
                                 self._wake.set()
             except psycopg.Error as exc:
