@@ -453,9 +453,35 @@ begin
     return v_n;
 end $$;
 
+-- Internal: gives the runs p_ids (locked by the caller) to p_worker_id with a lease and returns
+-- each with its checkpoints in order, so replay needs no further query.
+create or replace function pgdurable._take_runs(
+    p_ids uuid[], p_worker_id text, p_lease double precision
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
+language sql as $$
+    with claimed as (
+        update pgdurable.runs r
+           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
+               lease_expires_at = pgdurable.now() + make_interval(secs => p_lease),
+               started_at = coalesce(r.started_at, pgdurable.now()), updated_at = pgdurable.now()
+         where r.id = any(p_ids)
+        returning r.*
+    )
+    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
+           c.retry_step_key, c.retry_step_attempts,
+           coalesce((select jsonb_agg(jsonb_build_object(
+                        'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
+                        'output', k.output, 'error', k.error) order by k.seq)
+                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
+           c.cancel_requested
+      from claimed c
+$$;
+
 -- Called by workers: takes up to p_limit runnable runs of p_queues for p_worker_id with a lease
--- of p_lease seconds. Each row carries the run's checkpoints (ordered by seq) so replay needs no
--- further query. Concurrent claimers never block each other (SKIP LOCKED).
+-- of p_lease seconds, highest priority first, then oldest. Concurrent claimers never block each
+-- other (SKIP LOCKED); each queue is read in the order of runs_claim_idx, never sorted.
 create or replace function pgdurable.claim_runs(
     p_worker_id text,
     p_queues text[],
@@ -467,36 +493,40 @@ create or replace function pgdurable.claim_runs(
 language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
+    v_queue text := p_queues[1];
+    v_ids uuid[];
 begin
     if exists (select 1 from pgdurable.timers where fire_at <= v_now)
        or exists (select 1 from pgdurable.runs r where r.status = 'running' and r.lease_expires_at < v_now)
        or exists (select 1 from pgdurable.runs r where r.deadline_at < v_now and r.finished_at is null) then
         perform pgdurable.tick();
     end if;
-    return query
-    with picked as (
-        select r.id from pgdurable.runs r
-         where r.status = 'pending' and r.queue_name = any(p_queues) and r.available_at <= v_now
-         order by r.priority desc, r.available_at
-         limit p_limit
-         for update skip locked
-    ), claimed as (
-        update pgdurable.runs r
-           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
-               lease_expires_at = v_now + make_interval(secs => p_lease),
-               started_at = coalesce(r.started_at, v_now), updated_at = v_now
-          from picked
-         where r.id = picked.id
-        returning r.*
-    )
-    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
-           c.retry_step_key, c.retry_step_attempts,
-           coalesce((select jsonb_agg(jsonb_build_object(
-                        'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
-                        'output', k.output, 'error', k.error) order by k.seq)
-                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
-           c.cancel_requested
-      from claimed c;
+    if cardinality(p_queues) = 1 then
+        with picked as (
+            select r.id from pgdurable.runs r
+             where r.status = 'pending' and r.queue_name = v_queue and r.available_at <= v_now
+             order by r.priority desc, r.available_at
+             limit p_limit
+             for update skip locked
+        )
+        select array_agg(picked.id) into v_ids from picked;
+    else
+        -- one ordered index scan per queue, then the best p_limit of their heads
+        select array_agg(h.id) into v_ids from (
+            select c.id from unnest(p_queues) as q(name)
+            cross join lateral (
+                select r.id, r.priority, r.available_at from pgdurable.runs r
+                 where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
+                 order by r.priority desc, r.available_at
+                 limit p_limit
+                 for update skip locked) c
+            order by c.priority desc, c.available_at
+            limit p_limit) h;
+    end if;
+    if v_ids is null then
+        return;
+    end if;
+    return query select * from pgdurable._take_runs(v_ids, p_worker_id, p_lease);
 end $$;
 
 -- Called by the SDK when a workflow function is called directly: claims that one run for
@@ -512,24 +542,14 @@ language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
-    return query
-    with claimed as (
-        update pgdurable.runs r
-           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
-               lease_expires_at = v_now + make_interval(secs => p_lease),
-               started_at = coalesce(r.started_at, v_now), updated_at = v_now
-         where r.id = p_run_id
-           and (r.status = 'pending' or (r.status = 'running' and r.lease_expires_at < v_now))
-        returning r.*
-    )
-    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
-           c.retry_step_key, c.retry_step_attempts,
-           coalesce((select jsonb_agg(jsonb_build_object(
-                        'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
-                        'output', k.output, 'error', k.error) order by k.seq)
-                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
-           c.cancel_requested
-      from claimed c;
+    perform 1 from pgdurable.runs r
+     where r.id = p_run_id
+       and (r.status = 'pending' or (r.status = 'running' and r.lease_expires_at < v_now))
+       for update;
+    if not found then
+        return;
+    end if;
+    return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease);
 end $$;
 
 -- Called by the SDK after each durable operation (step, transaction, value, child start).

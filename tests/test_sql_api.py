@@ -80,6 +80,7 @@ def _claim_select() -> str:
     text = found.group(1)
     for name, value in (
         ("p_queues", "array['default']::text[]"),
+        ("v_queue", "'default'"),
         ("v_now", "pgdurable.now()"),
         ("p_limit", "10"),
     ):
