@@ -51,8 +51,11 @@ def expense_approval(expense_id: str, cents: int) -> dict[str, Any]:
             decision = pgdurable.wait_for_event(event, timeout=SECOND_WAIT)
         except pgdurable.EventTimeout:
             return {"approved": False, "by": None, "why": "nobody answered"}
-    return {"approved": bool(decision["approved"]), "by": decision["by"],
-            "why": decision.get("why", "")}
+    return {
+        "approved": bool(decision["approved"]),
+        "by": decision["by"],
+        "why": decision.get("why", ""),
+    }
 
 
 def history(handle: pgdurable.RunHandle[Any]) -> str:
@@ -99,10 +102,13 @@ def main() -> None:
 
         # 2. Nobody answers within the first wait: a reminder goes out, then ann approves.
         second = expense_approval.start(f"{batch}-2", 4200)
-        wait_for("the reminder", lambda: "send_reminder" in history(second)
-                 and second.status() == "waiting")
-        print(f"expense 2: no answer within {FIRST_WAIT:g} s, reminder sent, "
-              f"status {second.status()}")
+        wait_for(
+            "the reminder",
+            lambda: "send_reminder" in history(second) and second.status() == "waiting",
+        )
+        print(
+            f"expense 2: no answer within {FIRST_WAIT:g} s, reminder sent, status {second.status()}"
+        )
         app.emit_event(f"decision:{batch}-2", {"approved": True, "by": "ann"})
         print(f"expense 2: {decided(second)}")
         print(f"  history: {history(second)}")

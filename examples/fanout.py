@@ -48,8 +48,11 @@ def tool_call(tool: str, arg: str) -> dict[str, str]:
 @app.step()
 def plan(question: str) -> list[list[str]]:
     """The model's plan (fixed here): which tools to call with which arguments."""
-    return [["weather", "Paris, Saturday"], ["search", "parks in Paris"],
-            ["calculator", "4 * 12.5"]]
+    return [
+        ["weather", "Paris, Saturday"],
+        ["search", "parks in Paris"],
+        ["calculator", "4 * 12.5"],
+    ]
 
 
 @app.workflow()
@@ -58,8 +61,10 @@ def agent(question: str) -> dict[str, Any]:
     handles = [tool_call.start(tool, arg) for tool, arg in calls]  # fan-out
     results = pgdurable.gather(*handles)  # fan-in: durable, no slot held
     by_tool = {r["tool"]: r["result"] for r in results}
-    answer = (f"Saturday in Paris looks {by_tool['weather']}: picnic at {by_tool['search']}, "
-              f"budget {by_tool['calculator']} EUR")
+    answer = (
+        f"Saturday in Paris looks {by_tool['weather']}: picnic at {by_tool['search']}, "
+        f"budget {by_tool['calculator']} EUR"
+    )
     return {"calls": results, "answer": answer}
 
 
@@ -89,8 +94,10 @@ def main() -> None:
             "where r.parent_id = %s order by r.workflow_id",
             (handle.run_id,),
         ).fetchall()
-    print(f"children of the agent run: {len(rows)}, "
-          f"all {'completed' if {r[1] for r in rows} == {'completed'} else 'NOT completed'}")
+    print(
+        f"children of the agent run: {len(rows)}, "
+        f"all {'completed' if {r[1] for r in rows} == {'completed'} else 'NOT completed'}"
+    )
     print(f"tool attempts: {', '.join(str(r[2]) for r in rows)}")
     app.close()
 

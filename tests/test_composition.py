@@ -23,6 +23,7 @@ def spawn(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]
     with waiting_app.worker_processes(run_subprocess_env, tmp_path) as spawn:
         yield spawn
 
+
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -48,7 +49,8 @@ def test_gather_children_on_one_slot_without_deadlock(app: pgdurable.App, dsn: s
     with running_worker(app, concurrency=1):  # parent and children share the only slot
         assert h.result(timeout=15) == [0, 1, 4, 9, 100]
     children = query(
-        dsn, "select workflow_id, status from pgdurable.runs where parent_id = %s order by 1",
+        dsn,
+        "select workflow_id, status from pgdurable.runs where parent_id = %s order by 1",
         (h.run_id,),
     )
     assert len(children) == 5 and {s for _, s in children} == {"completed"}
@@ -73,9 +75,15 @@ def test_waiting_parent_holds_no_slot_and_child_failure_reaches_it(
 
     h = parent.start()
     with running_worker(app, concurrency=1):
-        wait_until("parent waiting on its child", lambda: scalar(
-            dsn, "select wait_for like 'run:%%' and worker_id is null from pgdurable.runs "
-            "where id = %s", (h.run_id,)))
+        wait_until(
+            "parent waiting on its child",
+            lambda: scalar(
+                dsn,
+                "select wait_for like 'run:%%' and worker_id is null from pgdurable.runs "
+                "where id = %s",
+                (h.run_id,),
+            ),
+        )
         app.emit_event("child-gate")
         assert h.result(timeout=10) == ["pgdurable.NonRetryableError", "child broke"]
 
@@ -98,8 +106,9 @@ def test_a_child_start_is_checkpointed_and_not_repeated_by_a_replay(
         wait_status(dsn, h.run_id, "sleeping")
         shift_clock(dsn, "2 minutes")
         assert h.result(timeout=10) == "kid"
-    assert query(dsn, "select workflow_id from pgdurable.runs where parent_id = %s",
-                 (h.run_id,)) == [(f"p-1/{kid.name}",)]
+    assert query(
+        dsn, "select workflow_id from pgdurable.runs where parent_id = %s", (h.run_id,)
+    ) == [(f"p-1/{kid.name}",)]
 
 
 @pytest.mark.slow
@@ -197,9 +206,15 @@ def test_cancelling_a_parent_cancels_its_children(app: pgdurable.App, dsn: str) 
 
     h = parent.start()
     with running_worker(app):
-        wait_until("two waiting children", lambda: scalar(
-            dsn, "select count(*) = 2 from pgdurable.runs where parent_id = %s "
-            "and status = 'waiting'", (h.run_id,)))
+        wait_until(
+            "two waiting children",
+            lambda: scalar(
+                dsn,
+                "select count(*) = 2 from pgdurable.runs where parent_id = %s "
+                "and status = 'waiting'",
+                (h.run_id,),
+            ),
+        )
         wait_status(dsn, h.run_id, "waiting")
         assert h.cancel() == "cancelled"
     assert query(dsn, "select distinct status from pgdurable.runs") == [("cancelled",)]
@@ -239,17 +254,25 @@ def test_children_inherit_the_parents_deadline(app: pgdurable.App, dsn: str) -> 
 
     h = parent.options(timeout=120).start()
     with running_worker(app):
-        wait_until("the child waiting", lambda: scalar(
-            dsn, "select status = 'waiting' from pgdurable.runs where parent_id = %s",
-            (h.run_id,)))
+        wait_until(
+            "the child waiting",
+            lambda: scalar(
+                dsn,
+                "select status = 'waiting' from pgdurable.runs where parent_id = %s",
+                (h.run_id,),
+            ),
+        )
         assert scalar(
-            dsn, "select c.deadline_at = p.deadline_at from pgdurable.runs c "
-            "join pgdurable.runs p on p.id = c.parent_id where p.id = %s", (h.run_id,))
+            dsn,
+            "select c.deadline_at = p.deadline_at from pgdurable.runs c "
+            "join pgdurable.runs p on p.id = c.parent_id where p.id = %s",
+            (h.run_id,),
+        )
     shift_clock(dsn, "3 minutes")
     scalar(dsn, "select pgdurable.tick()")
-    assert query(
-        dsn, "select distinct status, error ->> 'type' from pgdurable.runs"
-    ) == [("failed", "pgdurable.DeadlineExceeded")]
+    assert query(dsn, "select distinct status, error ->> 'type' from pgdurable.runs") == [
+        ("failed", "pgdurable.DeadlineExceeded")
+    ]
 
 
 def test_deadline_passing_while_a_step_runs_is_fenced(app: pgdurable.App, dsn: str) -> None:
@@ -372,12 +395,16 @@ def test_saga_compensations_run_in_reverse_once_each_then_the_run_fails(
     h = order.start()
     with running_worker(app), pytest.raises(pgdurable.WorkflowFailed) as info:
         h.result(timeout=10)
-    assert (info.value.error_type, info.value.message) == ("pgdurable.NonRetryableError",
-                                                           "out of stock")
+    assert (info.value.error_type, info.value.message) == (
+        "pgdurable.NonRetryableError",
+        "out of stock",
+    )
     assert log == ["charge 1", "charge 2", "release 2", "refund 1"]
     assert query(
-        dsn, "select step_key, attempts from pgdurable.checkpoints where run_id = %s "
-        "and step_key like 'undo:%%' order by seq", (h.run_id,)
+        dsn,
+        "select step_key, attempts from pgdurable.checkpoints where run_id = %s "
+        "and step_key like 'undo:%%' order by seq",
+        (h.run_id,),
     ) == [("undo:release_hold", 1), ("undo:refund", 2)]
 
 
@@ -410,8 +437,10 @@ def test_a_compensation_failing_for_good_does_not_hide_the_original_error(
     assert (info.value.error_type, info.value.message) == ("pgdurable.NonRetryableError", "boom")
     assert log == ["refund"]  # the older compensation still ran
     assert query(
-        dsn, "select step_key, attempts, error ->> 'message' from pgdurable.checkpoints "
-        "where run_id = %s and step_key like 'undo:%%' order by seq", (h.run_id,)
+        dsn,
+        "select step_key, attempts, error ->> 'message' from pgdurable.checkpoints "
+        "where run_id = %s and step_key like 'undo:%%' order by seq",
+        (h.run_id,),
     ) == [("undo:cancel_booking", 2, "booking API gone"), ("undo:refund", 1, None)]
 
 
@@ -457,9 +486,13 @@ def test_compensations_run_once_each_across_a_kill_in_the_middle(
         h.result(timeout=20)
     for what in ("charge-1", "charge-2", "declined", "refund-2", "refund-1"):
         assert effects(dsn, "sg", what) == 1, what
-    order = [r[0] for r in query(
-        dsn, "select what from side_effects where what in ('refund-1', 'refund-2') "
-        "order by ctid")]
+    order = [
+        r[0]
+        for r in query(
+            dsn,
+            "select what from side_effects where what in ('refund-1', 'refund-2') order by ctid",
+        )
+    ]
     assert order == ["refund-2", "refund-1"]
     app.close()
 
@@ -553,9 +586,10 @@ def test_patched_is_false_for_runs_recorded_before_the_change(dsn: str) -> None:
 
     new, unguarded = build("new"), build("unguarded")
     shift_clock(dsn, "2 minutes")
-    with running_worker(unguarded, poll_interval=0.1, queues=["doomed"]), pytest.raises(
-        pgdurable.WorkflowFailed
-    ) as info:
+    with (
+        running_worker(unguarded, poll_interval=0.1, queues=["doomed"]),
+        pytest.raises(pgdurable.WorkflowFailed) as info,
+    ):
         doomed.result(timeout=10)
     assert info.value.error_type == "pgdurable.NonDeterminismError"
     fresh = new.start("deploy")
@@ -572,9 +606,14 @@ def test_patched_is_false_for_runs_recorded_before_the_change(dsn: str) -> None:
 
 
 def test_composition_primitives_outside_a_workflow_raise_not_in_workflow() -> None:
-    for call in (lambda: pgdurable.gather(), lambda: pgdurable.compensate(print, 1),
-                 lambda: pgdurable.patched("x"), pgdurable.now, pgdurable.random,
-                 pgdurable.uuid4):
+    for call in (
+        lambda: pgdurable.gather(),
+        lambda: pgdurable.compensate(print, 1),
+        lambda: pgdurable.patched("x"),
+        pgdurable.now,
+        pgdurable.random,
+        pgdurable.uuid4,
+    ):
         with pytest.raises(pgdurable.NotInWorkflow):
             call()
 

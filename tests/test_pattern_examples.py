@@ -65,6 +65,6 @@ def test_examples_run_twice_on_one_database_start_anew(dsn: str) -> None:
     """Fresh ids per run: a second run neither reuses old events nor finds finished runs."""
     env = dict(os.environ, PGDURABLE_DSN=dsn, PYTHONUNBUFFERED="1")
     for _ in range(2):
-        assert _run(ROOT / "examples" / "approval.py", [], env, timeout=60) == EXPECTED[
-            "approval.py"
-        ]
+        assert (
+            _run(ROOT / "examples" / "approval.py", [], env, timeout=60) == EXPECTED["approval.py"]
+        )

@@ -204,8 +204,13 @@ def test_messages_are_fifo_per_topic_by_workflow_id_run_id_and_sql(
 ) -> None:
     @app.workflow()
     def mailbox() -> list[Any]:
-        return [pgdurable.recv("a"), pgdurable.recv("b"), pgdurable.recv("a"),
-                pgdurable.recv("a"), pgdurable.recv()]
+        return [
+            pgdurable.recv("a"),
+            pgdurable.recv("b"),
+            pgdurable.recv("a"),
+            pgdurable.recv("a"),
+            pgdurable.recv(),
+        ]
 
     h = mailbox.options(workflow_id="box-1").start()
     app.send("box-1", "a1", topic="a")
@@ -214,14 +219,16 @@ def test_messages_are_fifo_per_topic_by_workflow_id_run_id_and_sql(
     with running_worker(app):
         wait_status(dsn, h.run_id, "waiting")  # waits for the third "a"
         query(dsn, """select pgdurable.send_message('box-1', '"a3"', 'a')""")
-        wait_until("the run to wait for the default topic",
-                   lambda: scalar(dsn, "select wait_for from pgdurable.runs where id = %s",
-                                  (h.run_id,)) == "message:")
+        wait_until(
+            "the run to wait for the default topic",
+            lambda: (
+                scalar(dsn, "select wait_for from pgdurable.runs where id = %s", (h.run_id,))
+                == "message:"
+            ),
+        )
         app.send("box-1", {"plain": True})
         assert h.result(timeout=10) == ["a1", "b1", "a2", "a3", {"plain": True}]
-    assert scalar(
-        dsn, "select count(*) from pgdurable.messages where consumed_at is null"
-    ) == 0
+    assert scalar(dsn, "select count(*) from pgdurable.messages where consumed_at is null") == 0
 
 
 def test_a_message_is_consumed_once_across_a_replay(app: pgdurable.App, dsn: str) -> None:
@@ -406,8 +413,6 @@ def test_message_consumed_exactly_once_across_a_kill(
     shift_clock(dsn, "1 minute")
     with running_worker(app):
         assert h.result(timeout=20) == ["m1", "m2"]
-    assert scalar(
-        dsn, "select count(*) from pgdurable.messages where consumed_at is not null"
-    ) == 2
+    assert scalar(dsn, "select count(*) from pgdurable.messages where consumed_at is not null") == 2
     assert [k for k, _ in checkpoints(dsn, h.run_id)] == ["message", "step", "message"]
     app.close()

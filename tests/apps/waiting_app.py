@@ -33,8 +33,9 @@ def worker_processes(env: dict[str, str], log_dir: Path) -> Iterator[Spawn]:
 
     def spawn() -> subprocess.Popen[bytes]:
         with open(log_dir / f"waiting-worker{len(procs)}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
         return procs[-1]
 
     try:
@@ -47,9 +48,9 @@ def worker_processes(env: dict[str, str], log_dir: Path) -> Iterator[Spawn]:
 
 def effects(dsn: str, tag: str, what: str) -> int:
     """How many times the side effect ``what`` of ``tag`` really happened."""
-    return int(scalar(
-        dsn, "select count(*) from side_effects where tag = %s and what = %s", (tag, what)
-    ))
+    return int(
+        scalar(dsn, "select count(*) from side_effects where tag = %s and what = %s", (tag, what))
+    )
 
 
 def start_in_process(
