@@ -328,8 +328,8 @@ def test_non_retryable_error_fails_at_once_and_exhausted_retries_fail_the_run(
 def test_long_retry_delay_suspends_the_run_until_its_timer(app: pgdurable.App) -> None:
     calls: list[int] = []
 
-    # max_delay defaults to 60 s and would cap the hour
-    @app.step(retry=Retry(max_attempts=3, initial_delay=3600, max_delay=7200))
+    # an unset max_delay never caps below initial_delay
+    @app.step(retry=Retry(max_attempts=3, initial_delay=3600))
     def call_upstream() -> str:
         calls.append(1)
         if len(calls) == 1:
