@@ -168,7 +168,8 @@ def run_compensations(ctx: RunContext) -> None:
             # Its error is the undo step's checkpoint; the other compensations still run and
             # the run ends with its original error (not stuck 'running' until dead-lettered).
             logging.getLogger("pgdurable.executor").error(
-                "run %s: compensation %s failed after its retries: %r", ctx.run_id, name, exc)
+                "run %s: compensation %s failed after its retries: %r", ctx.run_id, name, exc
+            )
 
 
 def patched(change_id: str) -> bool:
