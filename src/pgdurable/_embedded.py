@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 
@@ -25,5 +26,9 @@ def embedded_dsn() -> str:
         ) from exc
     path = data_dir()
     path.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(path, cleanup_mode=None)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir, which warns on hosts without
+        # XDG_RUNTIME_DIR (containers, CI); the fallback it then uses is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        server = pgserver.get_server(path, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())
