@@ -1,0 +1,1 @@
+"""The pgdurable benchmark harness: ``python -m bench --help``."""
