@@ -668,6 +668,8 @@ class Bench:
         self._add_history(s.scale_sleeping, "sleeping")
         us = statistics.median(self._claim_cycle_us(s.scale_cycles) for _ in range(3))
         results.append((f"finished_{have}+sleeping_{s.scale_sleeping}", us))
+        # The next workloads (memory) measure the worker, not the history: start them clean.
+        self.conn.execute("truncate pgdurable.runs, pgdurable.checkpoints, pgdurable.timers")
         empty = results[0][1]
         for name, us in results:
             last = name == results[-2][0]
