@@ -72,7 +72,10 @@ class Leases:
         by_id = {c.run_id: c for c in held}
         for run_id, lost, cancel in rows:
             ctx = by_id.get(run_id)
-            if ctx is None:
+            with self._lock:
+                still_here = ctx is not None and self.active.get(run_id) is ctx
+            if ctx is None or not still_here:
+                # It completed or suspended while the heartbeat was in flight: not a takeover.
                 continue
             if lost:
                 log.warning("lost the lease of run %s: another worker took it over", run_id)
