@@ -19,12 +19,9 @@ R = TypeVar("R")
 
 
 def _timeout(value: float | timedelta | None, what: str) -> float | None:
-    if value is None:
-        return None
-    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if secs < 0:
-        raise ValueError(f"{what} timeout must be >= 0 seconds, got {secs}")
-    return secs
+    from ._app import _seconds
+
+    return _seconds(value, f"{what} timeout")
 
 
 def wait_for_event(name: str, timeout: float | timedelta | None = None) -> Any:
