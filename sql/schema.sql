@@ -598,36 +598,38 @@ begin
     end if;
 end $$;
 
--- Called by the SDK when a workflow function returns. Fenced. Notifies 'pgdurable_done'.
-create or replace function pgdurable.complete_run(p_run_id uuid, p_attempt integer, p_output jsonb)
-returns void
+-- Internal: ends a running run (fenced) as p_status with its output or error, and wakes
+-- whoever waits for it.
+create or replace function pgdurable._end_run(
+    p_run_id uuid, p_attempt integer, p_status text, p_output jsonb, p_error jsonb
+) returns void
 language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
     perform pgdurable._fence(p_run_id, p_attempt);
     update pgdurable.runs
-       set status = 'completed', output = p_output, lease_expires_at = null, worker_id = null,
-           finished_at = v_now, updated_at = v_now, note = null
+       set status = p_status, output = p_output, error = p_error, lease_expires_at = null,
+           worker_id = null, finished_at = v_now, updated_at = v_now,
+           note = case when p_status = 'completed' then null else note end
      where id = p_run_id;
     perform pgdurable._run_finished(p_run_id);
 end $$;
+
+-- Called by the SDK when a workflow function returns. Fenced. Notifies 'pgdurable_done'.
+create or replace function pgdurable.complete_run(p_run_id uuid, p_attempt integer, p_output jsonb)
+returns void
+language sql as $$
+    select pgdurable._end_run(p_run_id, p_attempt, 'completed', p_output, null)
+$$;
 
 -- Called by the SDK when a workflow raises (or a step exhausts its retries). Fenced.
 -- p_error: {"type", "message", "traceback"}.
 create or replace function pgdurable.fail_run(p_run_id uuid, p_attempt integer, p_error jsonb)
 returns void
-language plpgsql as $$
-declare
-    v_now timestamptz := pgdurable.now();
-begin
-    perform pgdurable._fence(p_run_id, p_attempt);
-    update pgdurable.runs
-       set status = 'failed', error = p_error, lease_expires_at = null, worker_id = null,
-           finished_at = v_now, updated_at = v_now
-     where id = p_run_id;
-    perform pgdurable._run_finished(p_run_id);
-end $$;
+language sql as $$
+    select pgdurable._end_run(p_run_id, p_attempt, 'failed', null, p_error)
+$$;
 
 -- Called by the SDK when a step failed and its next retry is far away: the run leaves the
 -- worker and a timer makes it pending again at now + p_delay. Fenced.
