@@ -715,6 +715,9 @@ def test_a_client_starts_cancels_emits_sends_and_reads_but_nothing_else(
     assert query(cdsn, "select status from pgdurable.run_overview") == [("cancelled",)]
     assert query(cdsn, "select name from pgdurable.events") == [("paid:o-1",)]
     assert query(cdsn, "select count(*) from pgdurable.checkpoints") == [(0,)]
+    for args in (("runs",), ("show", "order-o-1"), ("cancel", "order-o-1")):
+        result = run_cli(*args, "--dsn", cdsn)
+        assert result.exit_code == 0, result.output
 
     run = str(h.run_id)
     for statement, params in [
