@@ -600,7 +600,7 @@ class Bench:
             (cycles + 20,),
         )
         c.execute("vacuum analyze pgdurable.runs")
-        args = ("bench-scale", ["scale"], 1, 30.0)
+        args = ("bench-scale", ["scale"], 1, 30.0, ["bench_scale"])
         out = Jsonb(None)
         for _ in range(20):
             row = call_sql(c, "claim_runs", args).fetchone()

@@ -3,15 +3,57 @@
 
 -- name: schema_present
 -- Whether the schema_version table exists (else the schema is missing).
-select to_regclass('pgdurable.schema_version') is not null;
+select pg_catalog.to_regclass('pgdurable.schema_version') is not null;
 
 -- name: schema_version
 -- The newest applied schema version.
-select max(version) from pgdurable.schema_version;
+select pg_catalog.max(version) from pgdurable.schema_version;
 
 -- name: init_lock
 -- Serializes concurrent `pgdurable init` runs.
-select pg_advisory_xact_lock(hashtext('pgdurable.init'));
+select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgdurable.init'));
+
+-- name: pin_search_path
+-- For the rest of the transaction, names resolve in pg_catalog and pgdurable only.
+select pg_catalog.set_config('search_path', %s, true);
+
+-- name: record_version
+-- Record a migration applied by `pgdurable init`.
+insert into pgdurable.schema_version (version) values (%s) on conflict do nothing;
+
+-- name: schema_functions
+-- Every function of the pgdurable schema as the catalog stores it, to compare with the package.
+select p.proname::text, p.prosecdef, p.proconfig, p.prosrc
+  from pg_catalog.pg_proc p
+ where p.pronamespace = 'pgdurable'::pg_catalog.regnamespace;
+
+-- name: schema_owners
+-- The owner of the pgdurable schema and of every function and relation in it.
+select 'schema', n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text
+  from pg_catalog.pg_namespace n where n.nspname = 'pgdurable'
+union all
+select 'function', p.proname::text, pg_catalog.pg_get_userbyid(p.proowner)::text
+  from pg_catalog.pg_proc p where p.pronamespace = 'pgdurable'::pg_catalog.regnamespace
+union all
+select 'relation', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+  from pg_catalog.pg_class c where c.relnamespace = 'pgdurable'::pg_catalog.regnamespace;
+
+-- name: schema_owner
+-- The pgdurable schema's owner and the role connected.
+select pg_catalog.pg_get_userbyid(n.nspowner)::text, current_user::text
+  from pg_catalog.pg_namespace n where n.nspname = 'pgdurable';
+
+-- name: schema_owner_rank
+-- Whether the connected role is a superuser, its name, and whether the given owner is one.
+select r.rolsuper, r.rolname::text,
+       coalesce((select o.rolsuper from pg_catalog.pg_roles o where o.rolname = %s), false)
+  from pg_catalog.pg_roles r where r.rolname = current_user;
+
+-- name: schema_triggers
+-- Triggers on pgdurable's tables (the engine defines none).
+select t.tgname::text, c.relname::text
+  from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid
+ where c.relnamespace = 'pgdurable'::pg_catalog.regnamespace and not t.tgisinternal;
 
 -- name: start_run
 -- Start a run (idempotent on workflow_id).
@@ -22,12 +64,33 @@ select pgdurable.start_run(%s, %s, %s);
 select id from pgdurable.start_runs(%s, %s::jsonb[], %s, %s::text[]) as id;
 
 -- name: claim_runs
--- Claim up to N runnable runs of the given queues with their checkpoints.
-select * from pgdurable.claim_runs(%s, %s, %s, %s);
+-- Claim up to N runnable runs of the given queues and workflows; JSON as text, decoded per run.
+select id, workflow_id, workflow_name, queue_name, input::text, attempt, deadline_at,
+       retry_step_key, retry_step_attempts, has_history, cancel_requested
+  from pgdurable.claim_runs(%s, %s, %s, %s, %s);
 
 -- name: claim_run
 -- Claim one given run for in-process execution.
-select * from pgdurable.claim_run(%s, %s, %s);
+select id, workflow_id, workflow_name, queue_name, input::text, attempt, deadline_at,
+       retry_step_key, retry_step_attempts, has_history, cancel_requested
+  from pgdurable.claim_run(%s, %s, %s);
+
+-- name: load_history
+-- A claimed run's checkpoints in order, one row each (no single value holds the history).
+select seq, step_key, kind, step_name, output::text, error::text
+  from pgdurable.checkpoints where run_id = %s order by seq;
+
+-- name: tick_due
+-- Fire due timers, expired leases and deadlines (a busy worker's stand-in for a claim).
+select pgdurable.tick_due();
+
+-- name: register_worker
+-- Record what this worker serves (at start, then every few seconds).
+select pgdurable.register_worker(%s, %s, %s);
+
+-- name: unregister_worker
+-- Forget a worker that stops cleanly.
+select pgdurable.unregister_worker(%s);
 
 -- name: record_checkpoint
 -- Record a completed durable operation (fenced).
@@ -54,8 +117,8 @@ select pgdurable.schedule_retry(%s, %s, %s, %s, %s, %s);
 select wake_at, suspended from pgdurable.sleep_run(%s, %s, %s, %s, %s, %s);
 
 -- name: release_run
--- Hand a claimed run back so another worker can take it.
-select pgdurable.release_run(%s, %s, %s, %s);
+-- Hand a claimed run back so another worker can take it (lost connection: counted, backed off).
+select pgdurable.release_run(%s, %s, %s, %s, %s);
 
 -- name: heartbeat
 -- Extend all the leases of one worker; returns lost and cancel-requested runs.
@@ -70,14 +133,16 @@ select pgdurable.cancel_run(%s);
 select pgdurable.resume_run(%s);
 
 -- name: run_by_workflow_id
--- A run's identity by its workflow_id or run id text.
-select id, workflow_id, workflow_name from pgdurable.runs
- where workflow_id = %(key)s or id::text = %(key)s
- order by (workflow_id = %(key)s) desc limit 1;
+-- A run's identity by its run id (when the key is uuid-shaped) or workflow_id; both on indexes.
+select id, workflow_id, workflow_name from (
+    select id, workflow_id, workflow_name, 0 as rank from pgdurable.runs where id = %(run_id)s
+    union all
+    select id, workflow_id, workflow_name, 1 from pgdurable.runs where workflow_id = %(key)s
+) found order by rank limit 1;
 
 -- name: run_state
--- A run's status, output and error.
-select status, output, error from pgdurable.runs where id = %s;
+-- A run's status, output and error (JSON as text, decoded with limits).
+select status, output::text, error::text from pgdurable.runs where id = %s;
 
 -- name: run_steps
 -- A run's checkpoints in order.
@@ -133,16 +198,20 @@ select pgdurable.send_message(%s, %s, %s);
 
 -- name: wait_event
 -- Receive an event inside a workflow, or suspend the run until it arrives (fenced).
-select received, payload from pgdurable.wait_event(%s, %s, %s, %s, %s, %s);
+select received, payload::text from pgdurable.wait_event(%s, %s, %s, %s, %s, %s);
 
 -- name: recv_message
 -- Consume a message inside a workflow, or suspend the run until one arrives (fenced).
-select received, payload from pgdurable.recv_message(%s, %s, %s, %s, %s, %s);
+select received, payload::text from pgdurable.recv_message(%s, %s, %s, %s, %s, %s);
 
 -- name: wait_run
 -- Record another run's outcome inside a workflow, or suspend until it ends (fenced).
-select finished, status, output, error from pgdurable.wait_run(%s, %s, %s, %s, %s);
+select finished, status, output::text, error::text from pgdurable.wait_run(%s, %s, %s, %s, %s);
 
 -- name: record_compensation
 -- Record a compensation step of a failing or cancelled run (fenced by attempt only).
 select pgdurable.record_compensation(%s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: cli_gc_count
+-- `pgdurable gc --dry-run` and its confirmation: how many runs gc would delete (none deleted).
+select pgdurable.gc_runs(%s, 2147483647, true);

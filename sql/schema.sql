@@ -1,4 +1,4 @@
--- pgdurable schema, version 1. Durable execution on PostgreSQL alone.
+-- pgdurable schema, version 2. Durable execution on PostgreSQL alone.
 --
 -- Tables (schema pgdurable):
 --   runs            one row per workflow run: identity, input/output/error, status, lease, timing
@@ -6,28 +6,34 @@
 --   timers          when a sleeping or waiting run must wake (sleep end, retry, wait timeout)
 --   events          named durable events; waiters read them by name
 --   messages        per-run mailbox, FIFO per topic, each message consumed exactly once
+--   workflows       the registry: each workflow name workers serve, with its default queue
+--   workers         live workers: their queues and workflows, last seen (registry heartbeat)
+--   settings        one row: limits on JSON written through SQL, the clock-shift switch
 --   clock           one row: the offset added to now() (tests shift time instead of sleeping)
 --   schema_version  the versions applied by `pgdurable init`
 --
 -- A run's lifecycle:
 --   start_run       inserts it 'pending' (available_at = now + delay) and NOTIFYs its queue.
---   claim_runs      moves due timers' runs and expired leases back to 'pending', then takes up to
---                   N pending runs FOR UPDATE SKIP LOCKED: status 'running', attempt + 1 (the
---                   fencing token), a lease, and its checkpoints in the same result.
+--   claim_runs      moves due timers' runs and expired leases back to 'pending' (tick), then takes
+--                   up to N pending runs of the worker's queues AND workflows FOR UPDATE SKIP
+--                   LOCKED: status 'running', attempt + 1 (the fencing token), a lease.
 --   record_checkpoint  (fenced by run id + attempt) stores one completed operation.
 --   sleep_run / wait_* suspend it ('sleeping' / 'waiting') with a timer; it holds no worker.
 --   schedule_retry  suspends it until a step's next retry.
---   complete_run / fail_run end it; release_run hands it back ('pending') at once.
+--   complete_run / fail_run end it; release_run hands it back ('pending').
 --   heartbeat       extends every lease of a worker in one statement.
 --   cancel_run, resume_run, retry_run, fork_run, gc_runs operate on it from anywhere.
 -- Every worker write is fenced: it locks the run row FOR SHARE and checks (id, attempt,
 -- status 'running'); a worker whose lease was taken over gets SQLSTATE PD002 and rolls back.
 --
+-- Trust: every function pins search_path; the API functions are SECURITY DEFINER and
+-- sql/roles.sql grants them to the roles pgdurable_client / _worker / _admin (docs/security.md).
 -- Errors raised here use SQLSTATE class PD:
 --   PD001 run not found      PD002 lease lost (fenced)   PD003 invalid input
 --   PD004 invalid option     PD005 cancel requested      PD006 wrong state for this call
---   PD007 workflow_id conflict
--- This file is idempotent: applying it twice changes nothing.
+--   PD007 workflow_id conflict                           PD008 clock shifting is disabled
+-- This file is idempotent: applying it twice changes nothing. Upgrades from an older version
+-- run sql/migrations/ first (tables), then this file (functions and views).
 
 create schema if not exists pgdurable;
 
@@ -41,6 +47,19 @@ create table if not exists pgdurable.clock (
     offset_interval interval not null default '0'
 );
 insert into pgdurable.clock (id) values (true) on conflict do nothing;
+
+-- Limits on JSON values written through SQL (start_run input, event and message payloads) and
+-- the switch that lets shift_clock move engine time (tests only: it would expire every lease).
+create table if not exists pgdurable.settings (
+    id                boolean primary key default true check (id),
+    allow_clock_shift boolean not null default false,
+    max_value_bytes   integer not null default 33554432,
+    max_json_depth    integer not null default 100,
+    max_int_digits    integer not null default 1000,
+    constraint settings_limits_check check (max_value_bytes between 1024 and 1073741823
+        and max_json_depth between 32 and 10000 and max_int_digits between 600 and 4300)
+);
+insert into pgdurable.settings (id) values (true) on conflict do nothing;
 
 create table if not exists pgdurable.runs (
     id                     uuid primary key,
@@ -69,14 +88,21 @@ create table if not exists pgdurable.runs (
     started_at             timestamptz,
     updated_at             timestamptz not null,
     finished_at            timestamptz,
+    -- hand-backs after a lost connection; they count toward max_recoveries with recoveries
+    disconnects            integer not null default 0,
+    -- server time (not engine time) of the last claim or heartbeat: a lease that lapsed while
+    -- the server restarted is not the run's fault and costs it no recovery
+    heartbeat_at           timestamptz,
     constraint runs_workflow_id_key unique (workflow_id),
     constraint runs_status_check check (status in
         ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
     constraint runs_lease_check check ((status = 'running') = (lease_expires_at is not null))
 );
 -- Claims read only pending rows; finished history never enters these indexes.
+-- One ordered scan per (queue, workflow) a worker serves: a worker never reads runs it cannot
+-- execute, however deep another app's backlog on the same queue.
 create index if not exists runs_claim_idx
-    on pgdurable.runs (queue_name, priority desc, available_at)
+    on pgdurable.runs (queue_name, workflow_name, priority desc, available_at)
     where status = 'pending';
 create index if not exists runs_lease_idx
     on pgdurable.runs (lease_expires_at)
@@ -110,6 +136,22 @@ create table if not exists pgdurable.checkpoints (
     constraint checkpoints_kind_check check (kind in
         ('step', 'transaction', 'sleep', 'event', 'message', 'child', 'result', 'value', 'send',
          'emit', 'patch', 'compensate'))
+);
+
+-- The registry workers keep current: what they serve, so SQL starts find a workflow's queue
+-- and runs nobody serves are visible (view unserved_runs) instead of silently pending.
+create table if not exists pgdurable.workflows (
+    name         text primary key,
+    queue_name   text not null,
+    updated_at   timestamptz not null
+);
+
+create table if not exists pgdurable.workers (
+    id           text primary key,
+    queues       text[] not null,
+    workflows    text[] not null,
+    started_at   timestamptz not null,
+    last_seen_at timestamptz not null
 );
 
 create table if not exists pgdurable.timers (
@@ -148,21 +190,105 @@ create index if not exists messages_unconsumed_idx
 -- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
 -- afresh in every statement (~30 us per call on the hot path); PL/pgSQL caches the plan.
 create or replace function pgdurable.now() returns timestamptz
-language plpgsql stable as $$
+language plpgsql stable security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 begin
     return now() + (select offset_interval from pgdurable.clock where id);
 end $$;
 
--- Called by tests and operators: moves engine time by p_by (cumulative). Returns the new now().
+-- Called by tests: moves engine time by p_by (cumulative) and returns the new now(). Refused
+-- (PD008) unless settings.allow_clock_shift is on: in production it would expire every lease.
 create or replace function pgdurable.shift_clock(p_by interval) returns timestamptz
-language sql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if not (select allow_clock_shift from pgdurable.settings where id) then
+        raise exception 'shifting the engine clock is disabled in this database'
+            using errcode = 'PD008',
+                  hint = 'it is a test facility; enable it with: update pgdurable.settings set allow_clock_shift = true';
+    end if;
+    if p_by is null then
+        raise exception 'shift_clock needs an interval, got NULL' using errcode = 'PD004';
+    end if;
     update pgdurable.clock set offset_interval = offset_interval + p_by where id;
-    select now() + (select offset_interval from pgdurable.clock where id)
-$$;
+    return now() + (select offset_interval from pgdurable.clock where id);
+end $$;
+
+-- Internal: raises PD003 when a JSON value written through SQL breaks the limits in settings
+-- (size, nesting depth, integer digits), so no reader ever has to decode it. Values too small
+-- to break any limit skip the scan.
+create or replace function pgdurable._check_json(p_value jsonb, p_what text) returns void
+language plpgsql stable
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_size integer := pg_column_size(p_value);
+    v_limits pgdurable.settings%rowtype;
+    v_problem text;
+begin
+    if v_size is null or v_size <= 200 then
+        return;
+    end if;
+    select * into v_limits from pgdurable.settings where id;
+    if v_size > v_limits.max_value_bytes then
+        v_problem := format('is %s bytes, over the limit of %s', v_size, v_limits.max_value_bytes);
+    else
+        begin
+            if jsonb_path_exists(p_value, format('strict $.**{%s to last}',
+                                                 v_limits.max_json_depth + 1)::jsonpath) then
+                v_problem := format('is nested deeper than %s levels', v_limits.max_json_depth);
+            elsif jsonb_path_exists(p_value, format(
+                    'strict $.** ? (@.type() == "number" && (@ >= 1e%s || @ <= -1e%s))',
+                    v_limits.max_int_digits, v_limits.max_int_digits)::jsonpath) then
+                v_problem := format('holds a number of more than %s digits', v_limits.max_int_digits);
+            end if;
+        exception when statement_too_complex or program_limit_exceeded then
+            v_problem := 'is nested too deeply to inspect';
+        end;
+    end if;
+    if v_problem is not null then
+        raise exception '% %', p_what, v_problem
+            using errcode = 'PD003',
+                  hint = 'store large or deep data elsewhere and pass a reference; the limits are in pgdurable.settings';
+    end if;
+end $$;
+
+-- Internal: raises PD004 unless p_lease is a lease length a worker can keep: (0, 1 day].
+create or replace function pgdurable._check_lease(p_lease double precision) returns void
+language plpgsql immutable
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if not (p_lease > 0 and p_lease <= 86400) then
+        raise exception 'lease must be more than 0 and at most 86400 seconds, got %', p_lease
+            using errcode = 'PD004';
+    end if;
+end $$;
+
+-- Internal: raises PD004 unless p_value is a number of seconds in [0, 100 years] (NaN,
+-- infinities and absurd values would fail later as "interval out of range").
+create or replace function pgdurable._check_seconds(p_value double precision, p_what text)
+returns double precision
+language plpgsql immutable
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    -- NaN sorts above every number in PostgreSQL, so it fails the range test too
+    if p_value is not null and not (p_value between 0 and 3155760000) then
+        raise exception '% must be a number of seconds between 0 and 3155760000 (100 years), got %',
+            p_what, p_value
+            using errcode = 'PD004';
+    end if;
+    return p_value;
+end $$;
 
 -- Internal: the error raised when a worker's fencing token is stale.
 create or replace function pgdurable._fence(p_run_id uuid, p_attempt integer) returns void
-language plpgsql as $$
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_run pgdurable.runs%rowtype;
 begin
@@ -184,7 +310,9 @@ end $$;
 -- Internal: makes every run waiting on p_wait_for ('event:NAME', 'message:RUN:TOPIC',
 -- 'run:ID') pending again, drops its timeout timer and wakes the workers of its queue.
 create or replace function pgdurable._wake_waiters(p_wait_for text) returns integer
-language plpgsql as $$
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_run record;
@@ -206,7 +334,9 @@ end $$;
 -- Internal: called whenever a run ends: wakes result() waiters (NOTIFY pgdurable_done) and any
 -- workflow durably waiting for this run (a parent in handle.result() or gather()).
 create or replace function pgdurable._run_finished(p_run_id uuid) returns void
-language plpgsql as $$
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 begin
     perform pg_notify('pgdurable_done', p_run_id::text);
     if exists (select 1 from pgdurable.runs where status = 'waiting' and wait_for = 'run:' || p_run_id) then
@@ -221,7 +351,9 @@ create or replace function pgdurable._suspend_waiting(
     p_run_id uuid, p_wait_for text, p_timeout double precision,
     p_seq integer, p_key text, p_kind text, p_name text
 ) returns void
-language plpgsql as $$
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
@@ -246,7 +378,9 @@ create or replace function pgdurable.start_run(
     p_input jsonb default '{"args": [], "kwargs": {}}',
     p_options jsonb default '{}'
 ) returns uuid
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_id uuid := gen_random_uuid();
@@ -257,6 +391,8 @@ declare
     v_existing pgdurable.runs%rowtype;
     v_parent pgdurable.runs%rowtype;
     v_deadline timestamptz;
+    v_registered boolean;
+    v_note text;
 begin
     if p_workflow_name is null or p_workflow_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
         raise exception 'invalid workflow name %', coalesce(quote_literal(p_workflow_name), 'NULL')
@@ -277,14 +413,21 @@ begin
     end if;
     select string_agg(k, ', ') into v_key from jsonb_object_keys(p_options) k
         where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
-                        'max_recoveries', 'timeout');
+                        'max_recoveries', 'timeout', 'require_registered');
     if v_key is not null then
         raise exception 'unknown start option(s): %', v_key
             using errcode = 'PD004',
-                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout';
+                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered';
     end if;
+    perform pgdurable._check_json(p_input, format('input of workflow %s', p_workflow_name));
 
-    v_queue := coalesce(p_options ->> 'queue', 'default');
+    -- no queue given: the queue the workflow's workers registered, else 'default'
+    v_queue := p_options ->> 'queue';
+    if v_queue is null then
+        select w.queue_name into v_queue from pgdurable.workflows w where w.name = p_workflow_name;
+        v_registered := found;
+        v_queue := coalesce(v_queue, 'default');
+    end if;
     if v_queue !~ '^[A-Za-z0-9_.:-]{1,100}$' then
         raise exception 'invalid queue name %', quote_literal(v_queue)
             using errcode = 'PD004',
@@ -294,6 +437,12 @@ begin
     if v_key = '' or length(v_key) > 500 then
         raise exception 'workflow_id must be 1 to 500 characters' using errcode = 'PD004';
     end if;
+    -- A workflow_id shaped like a run id IS the run id, so a lookup by either can never find
+    -- another run than the one meant (no run can borrow a victim's id as its workflow_id).
+    if v_key ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+        v_key := lower(v_key);
+        v_id := v_key::uuid;
+    end if;
     if coalesce(p_options ->> 'on_conflict', 'return') not in ('return', 'raise') then
         raise exception 'on_conflict must be ''return'' or ''raise'', got %', p_options ->> 'on_conflict'
             using errcode = 'PD004';
@@ -301,7 +450,10 @@ begin
     begin
         v_delay := coalesce((p_options ->> 'delay')::double precision, 0);
         v_timeout := (p_options ->> 'timeout')::double precision;
-        if v_delay < 0 or v_timeout <= 0 or (p_options ->> 'priority')::integer is null and p_options ? 'priority'
+        -- NaN sorts above every number in PostgreSQL: the range tests reject it too
+        if not (v_delay between 0 and 3155760000)
+           or not coalesce(v_timeout > 0 and v_timeout <= 3155760000, true)
+           or (p_options ->> 'priority')::integer is null and p_options ? 'priority'
            or (p_options ->> 'max_recoveries')::integer < 0 then
             raise exception using errcode = '22023';
         end if;
@@ -314,18 +466,30 @@ begin
     exception when others then
         raise exception 'invalid start options %', p_options
             using errcode = 'PD004',
-                  hint = 'delay and timeout are seconds (delay >= 0, timeout > 0), priority and max_recoveries integers, parent_id an existing run id';
+                  hint = 'delay and timeout are seconds (0 <= delay, 0 < timeout, both at most 100 years), priority and max_recoveries integers, parent_id an existing run id';
     end;
     v_deadline := least(v_now + make_interval(secs => v_timeout), v_parent.deadline_at);
+    if v_registered is null then
+        v_registered := exists (select 1 from pgdurable.workflows w where w.name = p_workflow_name);
+    end if;
+    if not v_registered then
+        if coalesce((p_options ->> 'require_registered')::boolean, false) then
+            raise exception 'no worker has registered a workflow named %', quote_literal(p_workflow_name)
+                using errcode = 'PD003',
+                      hint = 'check the name (a typo?); to start it before any worker serving it has run, pass allow_unregistered';
+        end if;
+        v_note := format('no worker has registered workflow %s yet', p_workflow_name);
+    end if;
 
+    -- no conflict target: a clash on workflow_id or on id (a uuid-shaped workflow_id) lands below
     insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, priority, input,
-                                max_recoveries, available_at, parent_id, deadline_at,
+                                max_recoveries, available_at, parent_id, deadline_at, note,
                                 created_at, updated_at)
     values (v_id, v_key, p_workflow_name, v_queue, 'pending',
             coalesce((p_options ->> 'priority')::integer, 0), p_input,
             coalesce((p_options ->> 'max_recoveries')::integer, 10),
-            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_now, v_now)
-    on conflict (workflow_id) do nothing;
+            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_note, v_now, v_now)
+    on conflict do nothing;
 
     if found then
         if v_delay = 0 then
@@ -335,6 +499,11 @@ begin
     end if;
 
     select * into v_existing from pgdurable.runs where workflow_id = v_key;
+    if not found then
+        raise exception 'workflow_id % is the id of another run', quote_literal(v_key)
+            using errcode = 'PD007',
+                  hint = 'a workflow_id shaped like a uuid becomes the run id: pick another one';
+    end if;
     if p_options ->> 'on_conflict' = 'raise' or v_existing.workflow_name <> p_workflow_name then
         raise exception 'workflow_id % is already used by run % of workflow %', quote_literal(v_key),
             v_existing.id, v_existing.workflow_name
@@ -352,7 +521,9 @@ create or replace function pgdurable.start_runs(
     p_options jsonb default '{}',
     p_workflow_ids text[] default null
 ) returns setof uuid
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     i integer;
 begin
@@ -368,17 +539,68 @@ begin
     end loop;
 end $$;
 
+-- Internal: takes back a running run (locked by the caller) whose worker is gone: expired lease
+-- (tick, claim_run) or lost connection (release_run with p_connection_lost). It counts against
+-- max_recoveries (recoveries, or disconnects for a lost connection) unless the server restarted
+-- since the worker last touched the run: a restart is not the run's fault. Past the cap the run
+-- fails as dead-lettered; else it is pending again after a backoff for repeated disconnects.
+create or replace function pgdurable._recover_run(
+    p_run pgdurable.runs, p_reason text, p_connection_lost boolean default false
+) returns boolean
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_restart boolean := p_run.heartbeat_at < pg_postmaster_start_time();
+    v_recoveries integer := p_run.recoveries;
+    v_disconnects integer := p_run.disconnects;
+    v_dead boolean;
+    v_delay double precision := 0;
+begin
+    if v_restart then
+        p_reason := p_reason || ' (the server restarted: not counted as a recovery)';
+    elsif p_connection_lost then
+        v_disconnects := v_disconnects + 1;
+        -- repeated disconnects of one run back off: 1 s, 2 s, 4 s ... at most a minute
+        v_delay := least(60, 2 ^ (v_disconnects - 1));
+    else
+        v_recoveries := v_recoveries + 1;
+    end if;
+    v_dead := v_recoveries + v_disconnects > p_run.max_recoveries;
+    update pgdurable.runs
+       set status = case when v_dead then 'failed' else 'pending' end,
+           recoveries = v_recoveries, disconnects = v_disconnects,
+           lease_expires_at = null, worker_id = null,
+           available_at = v_now + make_interval(secs => v_delay), updated_at = v_now,
+           finished_at = case when v_dead then v_now end,
+           error = case when v_dead then jsonb_build_object(
+               'type', 'DeadLettered',
+               'message', format('run exceeded its %s crash recoveries (%s lease expiries, %s lost connections); last: %s',
+                                 p_run.max_recoveries, v_recoveries, v_disconnects, p_reason),
+               'traceback', null) else error end,
+           note = p_reason
+     where id = p_run.id;
+    if v_dead then
+        perform pgdurable._run_finished(p_run.id);
+    elsif v_delay = 0 then
+        perform pg_notify('pgdurable_wake', p_run.queue_name);
+    end if;
+    return not v_dead;
+end $$;
+
 -- Called by claim_runs (and usable by operators): wakes runs whose timer is due (recording a
 -- wait's timeout as its checkpoint), takes back runs whose lease expired (dead-lettering those
 -- past max_recoveries) and fails runs past their deadline. Returns the number of runs changed.
 create or replace function pgdurable.tick(p_limit integer default 100) returns integer
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_n integer := 0;
     v_t pgdurable.timers%rowtype;
     v_run pgdurable.runs%rowtype;
-    v_dead boolean;
 begin
     for v_t in
         delete from pgdurable.timers t
@@ -415,25 +637,9 @@ begin
          where status = 'running' and lease_expires_at < v_now
          order by lease_expires_at limit p_limit for update skip locked
     loop
-        v_dead := v_run.recoveries >= v_run.max_recoveries;
-        update pgdurable.runs
-           set status = case when v_dead then 'failed' else 'pending' end,
-               recoveries = recoveries + 1, lease_expires_at = null, worker_id = null,
-               available_at = v_now, updated_at = v_now,
-               finished_at = case when v_dead then v_now end,
-               error = case when v_dead then jsonb_build_object(
-                   'type', 'DeadLettered',
-                   'message', format('run exceeded %s crash recoveries; worker %s lost its lease at %s',
-                                     v_run.max_recoveries, v_run.worker_id, v_run.lease_expires_at),
-                   'traceback', null) else error end,
-               note = format('lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)
-         where id = v_run.id;
+        perform pgdurable._recover_run(v_run, format('lease of worker %s expired at %s',
+                                                     v_run.worker_id, v_run.lease_expires_at));
         v_n := v_n + 1;
-        if v_dead then
-            perform pgdurable._run_finished(v_run.id);
-        else
-            perform pg_notify('pgdurable_wake', v_run.queue_name);
-        end if;
     end loop;
 
     for v_run in
@@ -456,48 +662,14 @@ begin
     return v_n;
 end $$;
 
--- Internal: gives the runs p_ids (locked by the caller) to p_worker_id with a lease and returns
--- each with its checkpoints in order, so replay needs no further query.
-create or replace function pgdurable._take_runs(
-    p_ids uuid[], p_worker_id text, p_lease double precision
-) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
-                 attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
-language sql as $$
-    with claimed as (
-        update pgdurable.runs r
-           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
-               lease_expires_at = pgdurable.now() + make_interval(secs => p_lease),
-               started_at = coalesce(r.started_at, pgdurable.now()), updated_at = pgdurable.now()
-         where r.id = any(p_ids)
-        returning r.*
-    )
-    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
-           c.retry_step_key, c.retry_step_attempts,
-           coalesce((select jsonb_agg(jsonb_build_object(
-                        'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
-                        'output', k.output, 'error', k.error) order by k.seq)
-                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
-           c.cancel_requested
-      from claimed c
-$$;
-
--- Called by workers: takes up to p_limit runnable runs of p_queues for p_worker_id with a lease
--- of p_lease seconds, highest priority first, then oldest. Concurrent claimers never block each
--- other (SKIP LOCKED); each queue is read in the order of runs_claim_idx, never sorted.
-create or replace function pgdurable.claim_runs(
-    p_worker_id text,
-    p_queues text[],
-    p_limit integer,
-    p_lease double precision default 30
-) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
-                 attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
-language plpgsql as $$
+-- Called by claim_runs, and by workers whose slots are all busy: runs tick() only when a timer,
+-- a lease or a deadline is due, so timers fire even while no worker can claim.
+create or replace function pgdurable.tick_due() returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
-    v_queue text := p_queues[1];
-    v_ids uuid[];
 begin
     -- min() without parameters: always one step down a partial index. The former
     -- "exists (... where fire_at <= v_now)" got a generic plan that seq-scanned every timer
@@ -506,24 +678,92 @@ begin
        or (select min(r.lease_expires_at) from pgdurable.runs r where r.status = 'running') < v_now
        or (select min(r.deadline_at) from pgdurable.runs r
             where r.deadline_at is not null and r.finished_at is null) < v_now then
-        perform pgdurable.tick();
+        return pgdurable.tick();
     end if;
-    if cardinality(p_queues) = 1 then
+    return 0;
+end $$;
+
+-- Internal: gives the runs p_ids (locked by the caller) to p_worker_id with a lease and returns
+-- each with whether it has history (the worker then loads its checkpoints as rows: no single
+-- value, however long the history, can make a claim fail).
+create or replace function pgdurable._take_runs(
+    p_ids uuid[], p_worker_id text, p_lease double precision
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+language sql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    with claimed as (
+        update pgdurable.runs r
+           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
+               lease_expires_at = pgdurable.now() + make_interval(secs => p_lease),
+               heartbeat_at = now(),
+               started_at = coalesce(r.started_at, pgdurable.now()), updated_at = pgdurable.now(),
+               note = case when r.note like 'no worker has registered%' then null else r.note end
+         where r.id = any(p_ids)
+        returning r.*
+    )
+    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
+           c.retry_step_key, c.retry_step_attempts,
+           exists (select from pgdurable.checkpoints k where k.run_id = c.id),
+           c.cancel_requested
+      from claimed c
+$$;
+
+-- Called by workers: takes up to p_limit runnable runs of p_queues and p_workflows (null: any
+-- workflow, for operators) for p_worker_id with a lease of p_lease seconds, highest priority
+-- first, then oldest. Concurrent claimers never block each other (SKIP LOCKED); each (queue,
+-- workflow) pair is read in the order of runs_claim_idx, never sorted.
+create or replace function pgdurable.claim_runs(
+    p_worker_id text,
+    p_queues text[],
+    p_limit integer,
+    p_lease double precision default 30,
+    p_workflows text[] default null
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_ids uuid[];
+begin
+    perform pgdurable._check_lease(p_lease);
+    perform pgdurable.tick_due();
+    if p_workflows is null then
+        -- an operator's claim of anything: the pending runs of each queue, sorted
+        select array_agg(h.id) into v_ids from (
+            select c.id from unnest(p_queues) as q(name)
+            cross join lateral (
+                select r.id, r.priority, r.available_at from pgdurable.runs r
+                 where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
+                 order by r.priority desc, r.available_at
+                 limit p_limit
+                 for update skip locked) c
+            order by c.priority desc, c.available_at
+            limit p_limit) h;
+    elsif cardinality(p_queues) = 1 and cardinality(p_workflows) = 1 then
         with picked as (
             select r.id from pgdurable.runs r
-             where r.status = 'pending' and r.queue_name = v_queue and r.available_at <= v_now
+             where r.status = 'pending' and r.queue_name = p_queues[1]
+               and r.workflow_name = p_workflows[1] and r.available_at <= v_now
              order by r.priority desc, r.available_at
              limit p_limit
              for update skip locked
         )
         select array_agg(picked.id) into v_ids from picked;
     else
-        -- one ordered index scan per queue, then the best p_limit of their heads
+        -- one ordered index scan per (queue, workflow), then the best p_limit of their heads
         select array_agg(h.id) into v_ids from (
             select c.id from unnest(p_queues) as q(name)
+            cross join unnest(p_workflows) as w(name)
             cross join lateral (
                 select r.id, r.priority, r.available_at from pgdurable.runs r
-                 where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
+                 where r.status = 'pending' and r.queue_name = q.name
+                   and r.workflow_name = w.name and r.available_at <= v_now
                  order by r.priority desc, r.available_at
                  limit p_limit
                  for update skip locked) c
@@ -544,16 +784,25 @@ create or replace function pgdurable.claim_run(
     p_lease double precision default 30
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
-language plpgsql as $$
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
+    v_run pgdurable.runs%rowtype;
 begin
-    perform 1 from pgdurable.runs r
+    perform pgdurable._check_lease(p_lease);
+    select * into v_run from pgdurable.runs r
      where r.id = p_run_id
        and (r.status = 'pending' or (r.status = 'running' and r.lease_expires_at < v_now))
        for update;
     if not found then
+        return;
+    end if;
+    -- an expired lease taken over here costs a recovery, as in tick(): the cap is never skipped
+    if v_run.status = 'running' and not pgdurable._recover_run(v_run, format(
+            'lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)) then
         return;
     end if;
     return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease);
@@ -574,7 +823,9 @@ create or replace function pgdurable.record_checkpoint(
     p_attempts integer default 1,
     p_started_at timestamptz default null
 ) returns void
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_retry_key text;
 begin
@@ -603,7 +854,9 @@ end $$;
 create or replace function pgdurable._end_run(
     p_run_id uuid, p_attempt integer, p_status text, p_output jsonb, p_error jsonb
 ) returns void
-language plpgsql as $$
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
@@ -619,7 +872,9 @@ end $$;
 -- Called by the SDK when a workflow function returns. Fenced. Notifies 'pgdurable_done'.
 create or replace function pgdurable.complete_run(p_run_id uuid, p_attempt integer, p_output jsonb)
 returns void
-language sql as $$
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
     select pgdurable._end_run(p_run_id, p_attempt, 'completed', p_output, null)
 $$;
 
@@ -627,7 +882,9 @@ $$;
 -- p_error: {"type", "message", "traceback"}.
 create or replace function pgdurable.fail_run(p_run_id uuid, p_attempt integer, p_error jsonb)
 returns void
-language sql as $$
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
     select pgdurable._end_run(p_run_id, p_attempt, 'failed', null, p_error)
 $$;
 
@@ -637,10 +894,12 @@ create or replace function pgdurable.schedule_retry(
     p_run_id uuid, p_attempt integer, p_step_key text, p_step_attempts integer,
     p_delay double precision, p_error jsonb
 ) returns timestamptz
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
-    v_at timestamptz := v_now + make_interval(secs => p_delay);
+    v_at timestamptz := v_now + make_interval(secs => pgdurable._check_seconds(p_delay, 'retry delay'));
 begin
     perform pgdurable._fence(p_run_id, p_attempt);
     update pgdurable.runs
@@ -662,11 +921,14 @@ create or replace function pgdurable.sleep_run(
     p_run_id uuid, p_attempt integer, p_seq integer, p_step_key text,
     p_seconds double precision, p_until timestamptz default null
 ) returns table (wake_at timestamptz, suspended boolean)
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_at timestamptz;
 begin
+    perform pgdurable._check_seconds(p_seconds, 'sleep duration');
     perform pgdurable._fence(p_run_id, p_attempt);
     select (output ->> 'wake_at')::timestamptz into v_at
       from pgdurable.checkpoints where run_id = p_run_id and step_key = p_step_key;
@@ -690,17 +952,32 @@ begin
     return query select v_at, true;
 end $$;
 
--- Called by the SDK when a worker stops or cannot run a claimed run (unknown workflow on a
--- rolling deploy, lost connection): the run is pending again and claimable after p_delay
--- seconds, with p_reason visible in runs.note. Does not count as a crash recovery.
+-- Called by the SDK when a worker stops or cannot run a claimed run (shutdown, unknown workflow
+-- on a rolling deploy): the run is pending again after p_delay seconds, with p_reason in
+-- runs.note, at no cost. With p_connection_lost (the worker's connection broke mid-run) it
+-- counts a disconnect toward max_recoveries and backs off (see _recover_run). Fenced by attempt.
 create or replace function pgdurable.release_run(
-    p_run_id uuid, p_attempt integer, p_reason text default null, p_delay double precision default 0
+    p_run_id uuid, p_attempt integer, p_reason text default null,
+    p_delay double precision default 0, p_connection_lost boolean default false
 ) returns boolean
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_queue text;
+    v_run pgdurable.runs%rowtype;
 begin
+    perform pgdurable._check_seconds(p_delay, 'release delay');
+    if p_connection_lost then
+        select * into v_run from pgdurable.runs
+         where id = p_run_id and attempt = p_attempt and status = 'running' for update;
+        if not found then
+            return false;
+        end if;
+        perform pgdurable._recover_run(v_run, coalesce(p_reason, 'connection lost'), true);
+        return true;
+    end if;
     update pgdurable.runs
        set status = 'pending', lease_expires_at = null, worker_id = null,
            available_at = v_now + make_interval(secs => p_delay), updated_at = v_now,
@@ -721,16 +998,19 @@ end $$;
 create or replace function pgdurable.heartbeat(
     p_worker_id text, p_run_ids uuid[], p_attempts integer[], p_lease double precision default 30
 ) returns table (run_id uuid, lost boolean, cancel_requested boolean)
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
+    perform pgdurable._check_lease(p_lease);
     return query
     with held as (
         select u.id, u.att from unnest(p_run_ids, p_attempts) as u(id, att)
     ), extended as (
         update pgdurable.runs r
-           set lease_expires_at = v_now + make_interval(secs => p_lease)
+           set lease_expires_at = v_now + make_interval(secs => p_lease), heartbeat_at = now()
           from held
          where r.id = held.id and r.attempt = held.att and r.status = 'running'
         returning r.id, r.cancel_requested
@@ -744,7 +1024,9 @@ end $$;
 -- sleeping or waiting run ends 'cancelled' at once; a running one is flagged and its worker
 -- stops it at its next durable operation. Returns the run's status after the call.
 create or replace function pgdurable.cancel_run(p_run_id uuid) returns text
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_run pgdurable.runs%rowtype;
@@ -787,7 +1069,9 @@ end $$;
 -- Called by the SDK when a running run observes its cancel flag: ends it 'cancelled'. Not fenced
 -- by cancel (that is the point), only by attempt.
 create or replace function pgdurable.finish_cancel(p_run_id uuid, p_attempt integer) returns void
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
@@ -803,7 +1087,9 @@ end $$;
 -- Called by users to restart a failed or cancelled run from its last checkpoint: completed
 -- operations are replayed, the rest runs again. Returns true if the run was restarted.
 create or replace function pgdurable.resume_run(p_run_id uuid) returns boolean
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_run pgdurable.runs%rowtype;
@@ -820,7 +1106,7 @@ begin
     delete from pgdurable.checkpoints where run_id = p_run_id and error is not null and kind in ('step', 'transaction');
     update pgdurable.runs
        set status = 'pending', available_at = v_now, updated_at = v_now, finished_at = null,
-           error = null, output = null, cancel_requested = false, recoveries = 0,
+           error = null, output = null, cancel_requested = false, recoveries = 0, disconnects = 0,
            retry_step_key = null, retry_step_attempts = 0, note = 'resumed'
      where id = p_run_id;
     perform pg_notify('pgdurable_wake', v_run.queue_name);
@@ -829,7 +1115,9 @@ end $$;
 
 -- Called by users: a retry of a failed run is a resume from its last checkpoint.
 create or replace function pgdurable.retry_run(p_run_id uuid) returns boolean
-language sql as $$
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
     select pgdurable.resume_run(p_run_id)
 $$;
 
@@ -837,7 +1125,9 @@ $$;
 -- p_from_seq and executes the rest anew. Returns the new run's id.
 create or replace function pgdurable.fork_run(p_run_id uuid, p_from_seq integer, p_workflow_id text default null)
 returns uuid
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_run pgdurable.runs%rowtype;
     v_new uuid;
@@ -856,21 +1146,36 @@ begin
     return v_new;
 end $$;
 
--- Called by operators or a schedule: deletes finished runs (with their checkpoints, timers and
--- messages) that finished before now - p_older_than. Returns how many runs it deleted.
-create or replace function pgdurable.gc_runs(p_older_than interval, p_limit integer default 10000)
-returns integer
-language plpgsql as $$
+-- Called by operators or a schedule: deletes up to p_limit finished runs (with their
+-- checkpoints, timers and messages) that finished before now - p_older_than, never a child whose
+-- parent is unfinished (the parent may still read its result). Returns how many it deleted;
+-- with p_dry_run, how many it would delete.
+create or replace function pgdurable.gc_runs(
+    p_older_than interval, p_limit integer default 10000, p_dry_run boolean default false
+) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_ids uuid[];
 begin
-    select array_agg(id) into v_ids from (
-        select id from pgdurable.runs
-         where finished_at < pgdurable.now() - p_older_than
-           and status in ('completed', 'failed', 'cancelled')
-         order by finished_at limit p_limit) s;
+    if p_older_than is null or p_older_than < interval '0' or p_limit is null or p_limit < 1 then
+        raise exception 'gc_runs needs p_older_than >= 0 and p_limit >= 1'
+            using errcode = 'PD004';
+    end if;
+    select array_agg(s.id) into v_ids from (
+        select r.id from pgdurable.runs r
+         where r.finished_at < pgdurable.now() - p_older_than
+           and r.status in ('completed', 'failed', 'cancelled')
+           and not exists (select from pgdurable.runs p
+                            where p.id = r.parent_id and p.finished_at is null)
+         order by r.finished_at limit p_limit
+         for update skip locked) s;
     if v_ids is null then
         return 0;
+    end if;
+    if p_dry_run then
+        return cardinality(v_ids);
     end if;
     delete from pgdurable.checkpoints where run_id = any(v_ids);
     delete from pgdurable.messages where run_id = any(v_ids);
@@ -884,13 +1189,16 @@ end $$;
 -- the caller's transaction the event exists only if that transaction commits. Returns its id.
 create or replace function pgdurable.emit_event(p_name text, p_payload jsonb default 'null')
 returns bigint
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_id bigint;
 begin
     if p_name is null or p_name = '' or length(p_name) > 500 then
         raise exception 'event name must be 1 to 500 characters' using errcode = 'PD003';
     end if;
+    perform pgdurable._check_json(p_payload, format('payload of event %s', p_name));
     -- wait_event takes the same lock: a wait either sees this event or is woken by it
     perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
     insert into pgdurable.events (name, payload, created_at)
@@ -907,11 +1215,17 @@ create or replace function pgdurable.wait_event(
     p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_name text,
     p_timeout double precision default null
 ) returns table (received boolean, payload jsonb)
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_payload jsonb;
     v_now timestamptz := pgdurable.now();
 begin
+    if p_name is null or p_name = '' or length(p_name) > 500 then
+        raise exception 'event name must be 1 to 500 characters' using errcode = 'PD003';
+    end if;
+    perform pgdurable._check_seconds(p_timeout, 'wait timeout');
     perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
     perform pgdurable._fence(p_run_id, p_attempt);
     select e.payload into v_payload from pgdurable.events e where e.name = p_name
@@ -934,15 +1248,24 @@ end $$;
 -- unknown run, PD006 for a finished one. Returns the message id.
 create or replace function pgdurable.send_message(p_target text, p_payload jsonb, p_topic text default null)
 returns bigint
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_run pgdurable.runs%rowtype;
     v_id bigint;
     v_topic text := coalesce(p_topic, '');
 begin
-    select * into v_run from pgdurable.runs where workflow_id = p_target for update;
-    if not found and p_target ~ '^[0-9a-fA-F-]{36}$' then
+    if length(v_topic) > 500 then
+        raise exception 'message topic must be at most 500 characters' using errcode = 'PD003';
+    end if;
+    perform pgdurable._check_json(p_payload, 'message payload');
+    -- a uuid-shaped target is a run id first (a uuid-shaped workflow_id equals its run id)
+    if p_target ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
         select * into v_run from pgdurable.runs where id = p_target::uuid for update;
+    end if;
+    if v_run.id is null then
+        select * into v_run from pgdurable.runs where workflow_id = p_target for update;
     end if;
     if v_run.id is null then
         raise exception 'no run has workflow_id or id %', quote_literal(p_target)
@@ -976,12 +1299,18 @@ create or replace function pgdurable.recv_message(
     p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_topic text,
     p_timeout double precision default null
 ) returns table (received boolean, payload jsonb)
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_msg pgdurable.messages%rowtype;
     v_now timestamptz := pgdurable.now();
     v_topic text := coalesce(p_topic, '');
 begin
+    if length(v_topic) > 500 then
+        raise exception 'message topic must be at most 500 characters' using errcode = 'PD003';
+    end if;
+    perform pgdurable._check_seconds(p_timeout, 'recv timeout');
     perform pgdurable._fence(p_run_id, p_attempt);
     select * into v_msg from pgdurable.messages m
      where m.run_id = p_run_id and m.topic = v_topic and m.consumed_at is null
@@ -1006,7 +1335,9 @@ end $$;
 create or replace function pgdurable.wait_run(
     p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_target uuid
 ) returns table (finished boolean, status text, output jsonb, error jsonb)
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_t pgdurable.runs%rowtype;
     v_now timestamptz := pgdurable.now();
@@ -1041,7 +1372,9 @@ create or replace function pgdurable.record_compensation(
     p_run_id uuid, p_attempt integer, p_seq integer, p_step_key text, p_step_name text,
     p_output jsonb, p_error jsonb default null, p_attempts integer default 1
 ) returns void
-language plpgsql as $$
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
@@ -1056,14 +1389,72 @@ begin
             p_attempt, v_now, v_now);
 end $$;
 
+-- Called by every worker at start and every few seconds after: records what it serves (queues,
+-- and each workflow with its default queue) so SQL starts use a workflow's registered queue and
+-- runs nobody serves are visible in unserved_runs. p_workflows: [{"name": ..., "queue": ...}].
+create or replace function pgdurable.register_worker(
+    p_worker_id text, p_queues text[], p_workflows jsonb
+) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_names text[];
+begin
+    if p_worker_id is null or length(p_worker_id) not between 1 and 200
+       or p_queues is null or jsonb_typeof(p_workflows) is distinct from 'array' then
+        raise exception 'register_worker needs a worker id of 1 to 200 characters, queues and a JSON array of workflows'
+            using errcode = 'PD003';
+    end if;
+    select coalesce(array_agg(w ->> 'name' order by w ->> 'name'), '{}') into v_names
+      from jsonb_array_elements(p_workflows) w;
+    insert into pgdurable.workers (id, queues, workflows, started_at, last_seen_at)
+    values (p_worker_id, p_queues, v_names, v_now, v_now)
+    on conflict (id) do update
+       set queues = excluded.queues, workflows = excluded.workflows, last_seen_at = v_now;
+    insert into pgdurable.workflows (name, queue_name, updated_at)
+    select w ->> 'name', w ->> 'queue', v_now from jsonb_array_elements(p_workflows) w
+     where w ->> 'name' is not null and w ->> 'queue' is not null
+    on conflict (name) do update
+       set queue_name = excluded.queue_name, updated_at = v_now
+     where workflows.queue_name is distinct from excluded.queue_name
+        or workflows.updated_at < v_now - interval '1 minute';
+    -- workers that vanished without unregistering: forget them after a day
+    delete from pgdurable.workers where last_seen_at < v_now - interval '1 day';
+end $$;
+
+-- Called by a worker that stops cleanly: it no longer serves anything.
+create or replace function pgdurable.unregister_worker(p_worker_id text) returns void
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    delete from pgdurable.workers where id = p_worker_id
+$$;
+
+-- Pending runs that no live worker (seen within the last minute) serves: a workflow no worker
+-- has registered (a typo, or not deployed yet), or one whose workers do not claim its queue.
+create or replace view pgdurable.unserved_runs as
+select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.created_at, r.available_at,
+       case when w.name is null
+            then format('no worker has registered workflow %s', r.workflow_name)
+            else format('no live worker serves workflow %s on queue %s', r.workflow_name,
+                        r.queue_name) end as reason
+  from pgdurable.runs r
+  left join pgdurable.workflows w on w.name = r.workflow_name
+ where r.status = 'pending'
+   and not exists (select from pgdurable.workers k
+                    where k.last_seen_at > pgdurable.now() - interval '1 minute'
+                      and r.queue_name = any (k.queues) and r.workflow_name = any (k.workflows));
+
 -- A view of every run with its progress, for dashboards and psql.
 create or replace view pgdurable.run_overview as
 select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.attempt, r.recoveries,
        r.worker_id, r.created_at, r.started_at, r.finished_at,
        (select count(*) from pgdurable.checkpoints k where k.run_id = r.id) as checkpoints,
        t.fire_at as wakes_at, r.wait_for, r.note, r.error ->> 'type' as error_type,
-       r.error ->> 'message' as error_message
+       r.error ->> 'message' as error_message, r.disconnects
   from pgdurable.runs r
   left join pgdurable.timers t on t.run_id = r.id;
 
-insert into pgdurable.schema_version (version) values (1) on conflict do nothing;
+insert into pgdurable.schema_version (version) values (2) on conflict do nothing;

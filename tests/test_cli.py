@@ -73,14 +73,17 @@ def test_check_then_init_twice(empty_dsn: str) -> None:
 
     first = run_cli("init", "--dsn", empty_dsn)
     assert first.exit_code == 0, first.output
-    assert "installed schema version 1" in first.output
+    assert f"installed schema version {pgdurable.SCHEMA_VERSION}" in first.output
     second = run_cli("init", "--dsn", empty_dsn)
     assert second.exit_code == 0
-    assert second.output.strip() == "schema already at version 1, nothing to do"
+    assert (
+        second.output.strip()
+        == f"schema already at version {pgdurable.SCHEMA_VERSION}, nothing to do"
+    )
 
     ok = run_cli("check", "--dsn", empty_dsn)
     assert ok.exit_code == 0
-    assert "schema version 1 is current" in ok.output
+    assert f"schema version {pgdurable.SCHEMA_VERSION} is current" in ok.output
 
 
 def test_check_reports_an_outdated_schema(dsn: str) -> None:

@@ -65,7 +65,7 @@ def claim(
     queue: str = "default",
 ) -> list[tuple[Any, int]]:
     """(run id, attempt) of the runs ``worker`` claims."""
-    rows = call_sql(conn, "claim_runs", (worker, [queue], limit, lease)).fetchall()
+    rows = call_sql(conn, "claim_runs", (worker, [queue], limit, lease, None)).fetchall()
     return [(r[0], r[5]) for r in rows]
 
 
@@ -98,7 +98,7 @@ def test_start_is_idempotent_on_workflow_id(app: pgdurable.App) -> None:
 
 
 def test_expired_lease_is_taken_over_and_the_zombie_cannot_write(app: pgdurable.App) -> None:
-    handle = app.start("fence.any", [1])
+    handle = app.start("fence.any", [1], allow_unregistered=True)
     with app.connect() as c:
         assert claim(c, "zombie") == [(handle.run_id, 1)]
         assert claim(c, "thief") == [], "a live lease was taken"
@@ -359,7 +359,7 @@ def test_long_retry_delay_suspends_the_run_until_its_timer(app: pgdurable.App) -
 
 
 def test_run_past_its_crash_recovery_cap_is_dead_lettered(app: pgdurable.App) -> None:
-    handle = app.start("dead.flow", max_recoveries=1)
+    handle = app.start("dead.flow", max_recoveries=1, allow_unregistered=True)
     with app.connect() as c:
         assert claim(c, "crashing-1") == [(handle.run_id, 1)]
         shift_clock(app.dsn, "1 minute")
@@ -436,7 +436,9 @@ def test_sleep_until_wakes_at_the_given_time(app: pgdurable.App) -> None:
 # --- rolling deploys and code changes ----------------------------------------------------------
 
 
-def test_run_of_unknown_workflow_is_handed_back_to_a_worker_that_knows_it(dsn: str) -> None:
+def test_run_of_unknown_workflow_waits_for_a_worker_that_knows_it(dsn: str) -> None:
+    """A rolling deploy: a run of a workflow only the new code has is never claimed by an old
+    worker (no hand-back loop, attempt stays 0); it waits, visibly, for a worker that knows it."""
     with pgdurable.App(dsn, lease=2.0) as old, pgdurable.App(dsn, lease=2.0) as new:
 
         @old.workflow(name="deploy.old")
@@ -447,18 +449,25 @@ def test_run_of_unknown_workflow_is_handed_back_to_a_worker_that_knows_it(dsn: s
         def new_flow() -> str:
             return "new code"
 
-        handle = old.start("deploy.new")
+        with pytest.raises(pgdurable.InvalidInput, match="no worker has registered"):
+            old.start("deploy.new")
+        handle = old.start("deploy.new", allow_unregistered=True)
         with running_worker(old):
-            wait_until(
-                "the old worker to hand the run back",
-                lambda: scalar(dsn, "select note from pgdurable.runs"),
-            )
-        ((status, note, error),) = query(dsn, "select status, note, error from pgdurable.runs")
-        assert (status, error) == ("pending", None)
-        assert "does not know workflow 'deploy.new'" in note
-        shift_clock(dsn, "1 minute")
+            old_run = old.workflows["deploy.old"].start()
+            assert old_run.result(timeout=10) == "old"
+        ((status, attempt, note),) = query(
+            dsn, "select status, attempt, note from pgdurable.runs where id = %s", (handle.run_id,)
+        )
+        assert (status, attempt) == ("pending", 0)
+        assert note == "no worker has registered workflow deploy.new yet"
+        assert query(dsn, "select id, reason from pgdurable.unserved_runs") == [
+            (handle.run_id, "no worker has registered workflow deploy.new")
+        ]
         with running_worker(new):
             assert handle.result(timeout=10) == "new code"
+        assert query(dsn, "select note from pgdurable.runs where id = %s", (handle.run_id,)) == [
+            (None,)
+        ]
 
 
 def test_changed_step_at_a_position_fails_with_non_determinism_error(dsn: str) -> None:

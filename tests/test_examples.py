@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import pgdurable
 from conftest import PYTHON, ROOT
 
 EXAMPLES_DIR = ROOT / "examples"
 
 QUICKSTART_OUTPUT = [
-    "schema: version 1 ready",
+    f"schema: version {pgdurable.SCHEMA_VERSION} ready",
     "started: workflow_id=order-o-test",
     "worker: stopped",
     "status: completed",

@@ -27,6 +27,9 @@ def test_wheel_ships_sql_cli_and_py_typed(tmp_path: Path) -> None:
         "pgdurable/py.typed",
         "pgdurable/sql/schema.sql",
         "pgdurable/sql/queries.sql",
+        "pgdurable/sql/roles.sql",
+        "pgdurable/sql/migrations/0001_initial.sql",
+        "pgdurable/sql/migrations/0002_hardening.sql",
         "pgdurable_cli/__init__.py",
     ):
         assert required in names, f"{required} missing from {wheel.name}"

@@ -78,6 +78,7 @@ def _claim_select() -> str:
     )
     assert found, "claim_runs no longer has a 'picked' CTE: update this test"
     text = found.group(1)
+    text = text.replace("p_queues[1]", "'default'").replace("p_workflows[1]", "'bulk'")
     for name, value in (
         ("p_queues", "array['default']::text[]"),
         ("v_queue", "'default'"),

@@ -5,8 +5,10 @@ docs/reference/sql.md.
 """
 
 from ._app import App, Step, Transaction, Workflow, WorkflowCall
+from ._codec import Limits
 from ._errors import (
     Cancelled,
+    ClockShiftDisabled,
     DeadlineExceeded,
     EventTimeout,
     InvalidInput,
@@ -21,6 +23,7 @@ from ._errors import (
     RunNotFound,
     SchemaMissing,
     SchemaOutdated,
+    SchemaUntrusted,
     SerializationError,
     StepFailed,
     WaitTimeout,
@@ -66,11 +69,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "App",
     "Cancelled",
+    "ClockShiftDisabled",
     "DeadlineExceeded",
     "EventTimeout",
     "InvalidInput",
     "InvalidState",
     "LeaseLost",
+    "Limits",
     "MessageTimeout",
     "NonDeterminismError",
     "NonRetryableError",
@@ -83,6 +88,7 @@ __all__ = [
     "RunNotFound",
     "SchemaMissing",
     "SchemaOutdated",
+    "SchemaUntrusted",
     "SerializationError",
     "Step",
     "StepFailed",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -15,7 +18,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from . import _codec, _context, _steps
-from ._errors import RunNotFound, translate
+from ._codec import DEFAULT_LIMITS, Limits
+from ._db import call_sql
+from ._durations import seconds
+from ._errors import RunNotFound
 from ._handle import RunHandle
 from ._leases import Leases
 from ._queries import Q
@@ -41,30 +47,70 @@ def _check_name(kind: str, name: str) -> str:
 
 
 def _seconds(value: float | timedelta | None, what: str) -> float | None:
-    if value is None:
-        return None
-    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if secs < 0:
-        raise ValueError(f"{what} must be >= 0 seconds, got {secs}")
-    return secs
+    return seconds(value, what)
 
 
-def call_sql(conn: psycopg.Connection[Any], name: str, params: Sequence[Any] | None = None) -> Any:
-    """Execute a named query, translating the engine's SQLSTATEs into pgdurable exceptions."""
-    try:
-        return conn.execute(Q[name], params, prepare=True)
-    except psycopg.Error as exc:
-        mapped = translate(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+def _check_text(what: str, value: str, limit: int = 500) -> str:
+    """A name or key the engine stores as text: a string, 1 to ``limit`` characters, no NUL."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+    if not value or len(value) > limit:
+        raise ValueError(f"{what} must be 1 to {limit} characters, got {len(value)}")
+    if "\x00" in value:
+        raise ValueError(
+            f"{what} {value!r} contains a NUL character, which PostgreSQL cannot store"
+        )
+    return value
+
+
+def _reject_async(kind: str, fn: Callable[..., Any]) -> None:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"@app.{kind}() got the async function {fn.__qualname__}: async workflows, steps and "
+            "transactions are not supported yet; make it a plain def (run async code inside a "
+            "step with asyncio.run) or wait for async support"
+        )
+
+
+class _RateLimitedPoolLog(logging.Filter):
+    """Lets one line through per change of message, then a reminder every ``every`` seconds:
+    a pool retrying a down server must not print the same warning many times a second."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: tuple[str, float, int] | None = None
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = record.getMessage()
+        now = time.monotonic()
+        with self._lock:
+            if self._last is None or self._last[0] != text:
+                self._last = (text, now, 0)
+                return True
+            first, since, hidden = self._last
+            if now - since < self.every:
+                self._last = (first, since, hidden + 1)
+                return False
+            self._last = (first, now, 0)
+        record.msg = f"{text} (still failing; {hidden} similar lines hidden)"
+        record.args = None
+        return True
+
+
+_POOL_LOG_FILTER = _RateLimitedPoolLog()
+logging.getLogger("psycopg.pool").addFilter(_POOL_LOG_FILTER)
 
 
 class App:
     """A pgdurable application: where workflows are registered and runs are started.
 
     ``dsn``: the PostgreSQL to use; else ``$PGDURABLE_DSN``; else the embedded development
-    server (package ``pgserver``), whose schema is installed on first use.
+    server (package ``pgserver``), whose schema is installed on first use. ``limits``: how
+    large and deep a JSON value (arguments, results, payloads) may be, written or read.
     """
 
     def __init__(
@@ -74,15 +120,25 @@ class App:
         lease: float = 30.0,
         pool_size: int | None = None,
         worker_id: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        if lease <= 0:
-            raise ValueError(f"lease must be > 0 seconds, got {lease}")
+        lease_s = seconds(lease, "lease", allow_none=False, exclusive_minimum=True, maximum=86400)
+        if pool_size is not None and (not isinstance(pool_size, int) or pool_size < 1):
+            raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a pgdurable.Limits, got {type(limits).__name__}")
         self._dsn = dsn or os.environ.get("PGDURABLE_DSN") or None
-        self.lease = float(lease)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = float(lease_s or 0.0)
+        self.limits = limits
+        self.worker_id = _check_text(
+            "worker_id",
+            worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            200,
+        )
         self._pool_size = pool_size
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
+        self._checked_at = 0.0
         self.workflows: dict[str, Workflow[Any, Any]] = {}
         self.leases = Leases(self)
 
@@ -123,6 +179,19 @@ class App:
                         check=ConnectionPool.check_connection,
                     )
         return self._pool
+
+    def connection_lost(self) -> None:
+        """A connection broke: check every idle pooled connection now (dropping dead ones) at
+        most once a second, instead of discovering them one checkout at a time."""
+        pool = self._pool
+        now = time.monotonic()
+        if pool is None or now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        try:
+            pool.check()
+        except Exception as exc:  # the pool replaces what it dropped in the background
+            logging.getLogger("pgdurable.worker").debug("pool check failed: %s", exc)
 
     def ensure_pool_size(self, size: int) -> None:
         """Grow the pool so a worker of ``size`` slots never waits for a connection."""
@@ -168,6 +237,7 @@ class App:
         """
 
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
+            _reject_async("workflow", fn)
             wf_name = _check_name("workflow", name or fn.__qualname__.replace("<locals>.", ""))
             _check_name("queue", queue)
             if wf_name in self.workflows:
@@ -187,6 +257,7 @@ class App:
         """Declare a step: at-least-once, its result checkpointed, retried per ``retry``."""
 
         def wrap(fn: Callable[P, R]) -> Step[P, R]:
+            _reject_async("step", fn)
             return Step(fn, _check_name("step", name or fn.__name__), retry or Retry())
 
         return wrap
@@ -197,6 +268,7 @@ class App:
         """Declare a transaction step: its writes and its checkpoint commit together."""
 
         def wrap(fn: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> Transaction[P, R]:
+            _reject_async("transaction", fn)
             policy = retry or Retry(max_attempts=3, initial_delay=0.05)
             return Transaction(self, fn, _check_name("transaction", name or fn.__name__), policy)
 
@@ -207,7 +279,7 @@ class App:
     def handle(self, workflow_id: str | uuid.UUID) -> RunHandle[Any]:
         """The handle of an existing run, by workflow_id or run id."""
         with self.pool.connection() as conn:
-            row = conn.execute(Q["run_by_workflow_id"], {"key": str(workflow_id)}).fetchone()
+            row = conn.execute(Q["run_by_workflow_id"], run_key(workflow_id)).fetchone()
         if row is None:
             raise RunNotFound(f"no run has workflow_id or id {str(workflow_id)!r}")
         return RunHandle(self, row[0], row[1], row[2])
@@ -234,7 +306,8 @@ class App:
         if ctx is not None and conn is None:
             emit_in_run(ctx, name, payload)
             return
-        body = _codec.checked(payload, f"payload of event {name!r}")
+        _check_text("event name", name)
+        body = _codec.checked(payload, f"payload of event {name!r}", self.limits)
         if conn is not None:
             call_sql(conn, "emit_event", (name, body))
         else:
@@ -257,7 +330,10 @@ class App:
         if ctx is not None and conn is None:
             send_in_run(ctx, str(target), payload, topic)
             return
-        body = _codec.checked(payload, "message payload")
+        _check_text("message target", str(target))
+        if topic is not None:
+            _check_text("message topic", topic)
+        body = _codec.checked(payload, "message payload", self.limits)
         if conn is not None:
             call_sql(conn, "send_message", (str(target), body, topic))
         else:
@@ -271,10 +347,24 @@ class App:
         kwargs: dict[str, Any] | None = None,
         *,
         conn: psycopg.Connection[Any] | None = None,
+        allow_unregistered: bool = False,
         **options: Any,
     ) -> RunHandle[Any]:
-        """Start a run by workflow name (the workflow need not be registered in this process)."""
-        return _start(self, workflow_name, tuple(args), kwargs or {}, _Options(**options), conn)
+        """Start a run by workflow name. A name neither this App nor any worker has registered
+        is refused (a typo would otherwise wait forever) unless ``allow_unregistered``."""
+        opts = _Options(**options)
+        opts.require_registered = workflow_name not in self.workflows and not allow_unregistered
+        return _start(self, workflow_name, tuple(args), kwargs or {}, opts, conn)
+
+
+def run_key(key: str | uuid.UUID) -> dict[str, Any]:
+    """Parameters of run_by_workflow_id: a uuid-shaped key is looked up as a run id first."""
+    text = str(key)
+    try:
+        run_id = uuid.UUID(text) if len(text) == 36 else None
+    except ValueError:
+        run_id = None
+    return {"key": text, "run_id": run_id}
 
 
 class _Options:
@@ -285,6 +375,7 @@ class _Options:
         "parent_id",
         "priority",
         "queue",
+        "require_registered",
         "timeout",
         "workflow_id",
     )
@@ -305,16 +396,29 @@ class _Options:
             raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
         if queue is not None:
             _check_name("queue", queue)
-        if priority is not None and not isinstance(priority, int):
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+        if priority is not None and not -(2**31) <= priority < 2**31:
+            raise ValueError(f"priority must fit in 32 bits, got {priority}")
+        if max_recoveries is not None and (
+            isinstance(max_recoveries, bool)
+            or not isinstance(max_recoveries, int)
+            or not 0 <= max_recoveries <= 10_000
+        ):
+            raise ValueError(
+                f"max_recoveries must be an int from 0 to 10000, got {max_recoveries!r}"
+            )
+        if workflow_id is not None:
+            _check_text("workflow_id", str(workflow_id))
         self.workflow_id = workflow_id
         self.queue = queue
         self.priority = priority
         self.delay = _seconds(delay, "delay")
-        self.timeout = _seconds(timeout, "timeout")
+        self.timeout = seconds(timeout, "timeout", exclusive_minimum=True)
         self.on_conflict = on_conflict
         self.max_recoveries = max_recoveries
         self.parent_id = parent_id
+        self.require_registered = False
 
     def to_json(self, default_queue: str, default_recoveries: int | None) -> dict[str, Any]:
         out: dict[str, Any] = {"queue": self.queue or default_queue}
@@ -327,6 +431,8 @@ class _Options:
         recoveries = self.max_recoveries if self.max_recoveries is not None else default_recoveries
         if recoveries is not None:
             out["max_recoveries"] = recoveries
+        if self.require_registered:
+            out["require_registered"] = True
         return out
 
 
@@ -339,14 +445,16 @@ def _start(
     conn: psycopg.Connection[Any] | None,
     wf: Workflow[Any, Any] | None = None,
 ) -> RunHandle[Any]:
-    payload = _codec.encode_input(args, kwargs)
+    payload = _codec.encode_input(args, kwargs, app.limits)
     options = Jsonb(opts.to_json(wf.queue if wf else "default", wf.max_recoveries if wf else None))
     if conn is not None:
         run_id = call_sql(conn, "start_run", (name, payload, options)).fetchone()[0]
     else:
         with app.pool.connection() as c:
             run_id = call_sql(c, "start_run", (name, payload, options)).fetchone()[0]
-    return RunHandle(app, run_id, opts.workflow_id or str(run_id), name)
+    key = opts.workflow_id
+    workflow_id = key.lower() if key is not None and str(run_id) == key.lower() else key
+    return RunHandle(app, run_id, workflow_id or str(run_id), name)
 
 
 class Workflow(Generic[P, R]):
@@ -392,8 +500,12 @@ class Workflow(Generic[P, R]):
         opts = _Options(**options)
         if opts.workflow_id is not None:
             raise ValueError("start_many takes workflow_ids=[...], not workflow_id=")
-        inputs = [_codec.encode_input(tuple(c), {}) for c in calls]
-        ids = list(workflow_ids) if workflow_ids is not None else None
+        inputs = [_codec.encode_input(tuple(c), {}, self.app.limits) for c in calls]
+        ids = (
+            [_check_text(f"workflow_ids[{i}]", str(k)) for i, k in enumerate(workflow_ids)]
+            if workflow_ids is not None
+            else None
+        )
         if ids is not None and len(ids) != len(inputs):
             raise ValueError(f"start_many got {len(inputs)} calls but {len(ids)} workflow_ids")
         params = (self.name, inputs, Jsonb(opts.to_json(self.queue, self.max_recoveries)), ids)

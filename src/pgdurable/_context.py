@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from ._app import App
+    from ._leases import Held
 
 
 class Suspended(BaseException):
@@ -55,13 +56,12 @@ class RunContext:
     attempt: int
     conn: psycopg.Connection[Any]
     history: dict[int, Record]
+    held: Held
     retry_step_key: str | None = None
     retry_step_attempts: int = 0
     seq: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     in_step: bool = False
-    lost: bool = False
-    cancel_requested: bool = False
     stop_requested: threading.Event | None = None
     compensating: bool = False
     compensations: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = field(
@@ -87,9 +87,9 @@ class RunContext:
 
     def check_alive(self) -> None:
         """Called before each new durable operation: stop here if the run must not go on."""
-        if self.lost:
+        if self.held.lost:
             raise Released("lease lost", lost=True)
-        if self.cancel_requested and not self.compensating:
+        if self.held.cancel_requested and not self.compensating:
             raise Cancelled(f"run {self.run_id} was cancelled")
         if self.stop_requested is not None and self.stop_requested.is_set():
             raise Released("worker shutting down")

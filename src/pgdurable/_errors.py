@@ -35,6 +35,14 @@ class SchemaOutdated(PgDurableError):
     """The database schema is older (or newer) than this package expects."""
 
 
+class SchemaUntrusted(PgDurableError):
+    """The installed schema is not this package's own: another owner, or changed functions."""
+
+
+class ClockShiftDisabled(PgDurableError):
+    """``shift_clock`` was called on a database not set up for tests (SQLSTATE PD008)."""
+
+
 class InvalidInput(PgDurableError, ValueError):
     """The engine rejected an argument or option (SQLSTATE PD003 / PD004)."""
 
@@ -107,6 +115,7 @@ _BY_SQLSTATE: dict[str, type[PgDurableError]] = {
     "PD005": Cancelled,
     "PD006": InvalidState,
     "PD007": WorkflowIdConflict,
+    "PD008": ClockShiftDisabled,
 }
 
 

@@ -6,6 +6,9 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
+from . import _codec
+from ._db import call_sql
+from ._durations import seconds
 from ._errors import RunCancelled, RunNotFound, WorkflowFailed
 from ._queries import Q
 
@@ -38,10 +41,7 @@ class RunHandle(Generic[R]):
 
     def _state(self) -> tuple[str, Any, Any]:
         with self.app.pool.connection() as conn:
-            row = conn.execute(Q["run_state"], (self.run_id,)).fetchone()
-        if row is None:
-            raise RunNotFound(f"run {self.run_id} no longer exists (deleted by retention?)")
-        return row[0], row[1], row[2]
+            return _read(conn, self.run_id, self.app)
 
     def status(self) -> str:
         """pending, running, sleeping, waiting, completed, failed or cancelled."""
@@ -73,6 +73,7 @@ class RunHandle(Generic[R]):
             from ._waiting import wait_result
 
             return wait_result(ctx, self)
+        timeout = seconds(timeout, "result() timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         status, output, error = self._state()
         if status in FINISHED:
@@ -81,7 +82,7 @@ class RunHandle(Generic[R]):
         with self.app.connect() as conn:
             conn.execute(Q["listen_done"])
             while True:
-                status, output, error = _read(conn, self.run_id)
+                status, output, error = _read(conn, self.run_id, self.app)
                 if status in FINISHED:
                     return self._outcome(status, output, error)
                 wait = 1.0
@@ -100,15 +101,11 @@ class RunHandle(Generic[R]):
         """Cancel the run (and its unfinished children). Returns the status it ends up in:
         'cancelled', 'cancelling' (a worker will stop it at its next durable operation), or the
         final status of a run that had already finished."""
-        from ._app import call_sql
-
         with self.app.pool.connection() as conn:
             return str(call_sql(conn, "cancel_run", (self.run_id,)).fetchone()[0])
 
     def resume(self) -> None:
         """Restart a failed or cancelled run from its last checkpoint."""
-        from ._app import call_sql
-
         with self.app.pool.connection() as conn:
             call_sql(conn, "resume_run", (self.run_id,))
 
@@ -120,8 +117,10 @@ class RunHandle(Generic[R]):
             return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
 
 
-def _read(conn: Any, run_id: UUID) -> tuple[str, Any, Any]:
+def _read(conn: Any, run_id: UUID, app: App) -> tuple[str, Any, Any]:
     row = conn.execute(Q["run_state"], (run_id,)).fetchone()
     if row is None:
         raise RunNotFound(f"run {run_id} no longer exists (deleted by retention?)")
-    return row[0], row[1], row[2]
+    output = _codec.loads(row[1], f"output of run {run_id}", app.limits)
+    error = _codec.loads(row[2], f"error of run {run_id}", app.limits)
+    return row[0], output, error

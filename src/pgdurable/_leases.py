@@ -1,4 +1,4 @@
-"""The runs this process executes, and the one thread that heartbeats all their leases."""
+"""The runs this process holds, and the one thread that heartbeats all their leases."""
 
 from __future__ import annotations
 
@@ -13,36 +13,51 @@ from ._queries import Q
 
 if TYPE_CHECKING:
     from ._app import App
-    from ._context import RunContext
 
 log = logging.getLogger("pgdurable.leases")
 
 
+class Held:
+    """One run this process holds, from its claim to its hand-over; the heartbeat marks it lost
+    (another worker took it over) or cancel-requested, and its executor checks both."""
+
+    __slots__ = ("attempt", "cancel_requested", "lost", "run_id")
+
+    def __init__(self, run_id: UUID, attempt: int, cancel_requested: bool = False) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.lost = False
+        self.cancel_requested = cancel_requested
+
+
 class Leases:
-    """Heartbeats every run this App executes in one statement, every lease/3 seconds."""
+    """Heartbeats every run this App holds in one statement, every lease/3 seconds. A run is
+    held from the moment it is claimed, so one still waiting for a connection keeps its lease."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.active: dict[UUID, RunContext] = {}
+        self.active: dict[UUID, Held] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
 
-    def add(self, ctx: RunContext) -> None:
+    def hold(self, run_id: UUID, attempt: int, cancel_requested: bool = False) -> Held:
+        held = Held(run_id, attempt, cancel_requested)
         with self._lock:
-            self.active[ctx.run_id] = ctx
+            self.active[run_id] = held
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._loop, name="pgdurable-heartbeat", daemon=True
                 )
                 self._thread.start()
+        return held
 
-    def remove(self, ctx: RunContext) -> None:
+    def release(self, held: Held) -> None:
         with self._lock:
-            if self.active.get(ctx.run_id) is ctx:
-                del self.active[ctx.run_id]
+            if self.active.get(held.run_id) is held:
+                del self.active[held.run_id]
 
     def stop(self) -> None:
         self._stop.set()
@@ -57,41 +72,51 @@ class Leases:
             held = list(self.active.values())
         if not held:
             return
-        ids = [c.run_id for c in held]
-        attempts = [c.attempt for c in held]
+        ids = [h.run_id for h in held]
+        attempts = [h.attempt for h in held]
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=10)
         try:
             rows = self._conn.execute(
                 Q["heartbeat"], (self.app.worker_id, ids, attempts, self.app.lease)
             ).fetchall()
-        except psycopg.OperationalError:
+        except psycopg.Error:
             self._conn.close()
             self._conn = None
             raise
-        by_id = {c.run_id: c for c in held}
+        by_id = {h.run_id: h for h in held}
         for run_id, lost, cancel in rows:
-            ctx = by_id.get(run_id)
+            entry = by_id.get(run_id)
             with self._lock:
-                still_here = ctx is not None and self.active.get(run_id) is ctx
-            if ctx is None or not still_here:
+                still_here = entry is not None and self.active.get(run_id) is entry
+            if entry is None or not still_here:
                 # It completed or suspended while the heartbeat was in flight: not a takeover.
                 continue
             if lost:
-                log.warning("lost the lease of run %s: another worker took it over", run_id)
-                ctx.lost = True
+                log.warning(
+                    "lost the lease of run %s: another worker took it over",
+                    run_id,
+                    extra={"run_id": str(run_id), "attempt": entry.attempt},
+                )
+                entry.lost = True
             if cancel:
-                ctx.cancel_requested = True
+                entry.cancel_requested = True
 
     def _loop(self) -> None:
         interval = self.app.lease / 3
+        failing = False
         while not self._stop.wait(interval):
             try:
                 self.beat()
+                if failing:
+                    log.warning("heartbeat works again")
+                failing = False
             except psycopg.Error as exc:
                 # The database is unreachable: keep trying; the runs go on until their leases
-                # expire, after which their fenced writes are rejected.
-                log.warning("heartbeat failed, will retry: %s", exc)
+                # expire, after which their fenced writes are rejected. One line per outage.
+                if not failing:
+                    log.warning("heartbeat failed, retrying every %.1f s: %s", interval, exc)
+                failing = True
             with self._lock:
                 if not self.active:
                     self._thread = None

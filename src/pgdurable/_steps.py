@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random as _random
 import time
 import uuid as _uuid
@@ -14,7 +15,9 @@ import psycopg
 
 from . import _codec
 from ._context import Record, RunContext, Suspended, replay_error, require
-from ._errors import NonRetryableError, SerializationError
+from ._db import call_sql, describe, is_connection_error
+from ._durations import seconds
+from ._errors import Cancelled, LeaseLost, NonRetryableError, SerializationError
 from ._retry import Retry
 
 if TYPE_CHECKING:
@@ -22,9 +25,10 @@ if TYPE_CHECKING:
     from ._handle import RunHandle
 
 
-def _sql(ctx: RunContext, name: str, params: tuple[Any, ...]) -> Any:
-    from ._app import call_sql
+log = logging.getLogger("pgdurable.executor")
 
+
+def _sql(ctx: RunContext, name: str, params: tuple[Any, ...]) -> Any:
     return call_sql(ctx.conn, name, params)
 
 
@@ -45,7 +49,7 @@ def _record(
     attempts: int = 1,
     started: datetime | None = None,
 ) -> None:
-    err = None if error is None else _codec.checked(error, "error")
+    err = None if error is None else _codec.checked(error, "error", ctx.app.limits)
     if ctx.compensating:
         # A failing or cancelled run undoing its work: allowed past a cancel request.
         _sql(
@@ -61,9 +65,9 @@ def _record(
     )
 
 
-def _encode_result(value: Any, kind: str, name: str) -> tuple[Any, Any]:
+def _encode_result(ctx: RunContext, value: Any, kind: str, name: str) -> tuple[Any, Any]:
     """The JSON the checkpoint stores and the value the workflow sees (the same on replay)."""
-    text = _codec.dumps(value, f"result of {kind} {name!r}")
+    text = _codec.dumps(value, f"result of {kind} {name!r}", ctx.app.limits)
     return psycopg.types.json.Jsonb(value, dumps=lambda _v: text), json.loads(text)
 
 
@@ -84,10 +88,29 @@ def _on_failure(
 ) -> float | None:
     """Decide after a failed attempt: seconds to wait in place, or record/suspend and raise."""
     final = isinstance(exc, (NonRetryableError, SerializationError)) or policy.exhausted(attempts)
+    error = _codec.error_json(exc, ctx.app.limits)
     if final:
-        _record(ctx, seq, key, kind, name, None, _codec.error_json(exc), attempts, started)
+        _record(ctx, seq, key, kind, name, None, error, attempts, started)
         raise exc
     delay = policy.delay(attempts)
+    log.info(
+        "step %s of run %s failed (attempt %s of %s), retrying in %.2f s: %s: %s",
+        key,
+        ctx.run_id,
+        attempts,
+        policy.max_attempts,
+        delay,
+        error["type"],
+        str(error["message"])[:200],
+        extra={
+            "run_id": str(ctx.run_id),
+            "workflow": ctx.workflow_name,
+            "step": key,
+            "attempt": attempts,
+            "delay": round(delay, 3),
+            "error": f"{error['type']}: {str(error['message'])[:500]}",
+        },
+    )
     if delay <= policy.inline_limit:
         return delay
     _sql(
@@ -99,7 +122,7 @@ def _on_failure(
             key,
             attempts,
             delay,
-            _codec.checked(_codec.error_json(exc), "error"),
+            _codec.checked(error, "error", ctx.app.limits),
         ),
     )
     raise Suspended()
@@ -125,18 +148,38 @@ def run_step(
         ctx.in_step = True
         try:
             value = fn(*args, **kwargs)
-            stored, seen = _encode_result(value, kind, name)
+            stored, seen = _encode_result(ctx, value, kind, name)
         except Exception as exc:
             ctx.in_step = False
-            wait = _on_failure(ctx, seq, key, kind, name, policy, attempts, exc, started)
-            if wait:
-                time.sleep(wait)
-            ctx.check_alive()
+            _retry_wait(ctx, _on_failure(ctx, seq, key, kind, name, policy, attempts, exc, started))
             continue
         finally:
             ctx.in_step = False
-        _record(ctx, seq, key, kind, name, stored, None, attempts, started)
+        try:
+            _record(ctx, seq, key, kind, name, stored, None, attempts, started)
+        except psycopg.Error as exc:
+            if is_connection_error(exc, ctx.conn):
+                raise
+            # The server refused to store the result (a limit, a full disk...): the step
+            # failed, and its retry policy decides what happens next.
+            failure = _StoreFailed(
+                f"the result of {kind} {name!r} could not be stored: {describe(exc)}"
+            )
+            _retry_wait(
+                ctx, _on_failure(ctx, seq, key, kind, name, policy, attempts, failure, started)
+            )
+            continue
         return seen
+
+
+class _StoreFailed(Exception):
+    """A step's result that the database refused to store (its error names the SQLSTATE)."""
+
+
+def _retry_wait(ctx: RunContext, wait: float | None) -> None:
+    if wait:
+        time.sleep(wait)
+    ctx.check_alive()
 
 
 def run_transaction(
@@ -163,34 +206,25 @@ def run_transaction(
                     value = fn(conn, *args, **kwargs)
                 finally:
                     ctx.in_step = False
-                stored, seen = _encode_result(value, "transaction", name)
+                stored, seen = _encode_result(ctx, value, "transaction", name)
                 # The checkpoint commits with the application's writes, fenced by the run's
                 # attempt: a worker that lost its lease rolls both back.
                 _record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
             return seen
-        except psycopg.OperationalError:
+        except (LeaseLost, Cancelled):
             raise
         except Exception as exc:
-            from ._errors import Cancelled, LeaseLost
-
-            if isinstance(exc, (LeaseLost, Cancelled)):
+            if is_connection_error(exc, conn):
                 raise
-            wait = _on_failure(ctx, seq, key, "transaction", name, policy, attempts, exc, started)
-            if wait:
-                time.sleep(wait)
-            ctx.check_alive()
-
-
-def _duration(value: float | timedelta) -> float:
-    secs = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if secs < 0:
-        raise ValueError(f"pgdurable.sleep() needs a duration >= 0, got {secs} seconds")
-    return secs
+            _retry_wait(
+                ctx,
+                _on_failure(ctx, seq, key, "transaction", name, policy, attempts, exc, started),
+            )
 
 
 def sleep(duration: float | timedelta) -> None:
     """Sleep durably: the run leaves the worker and a timer wakes it, even days later."""
-    secs = _duration(duration)
+    secs = float(seconds(duration, "pgdurable.sleep() duration", allow_none=False) or 0.0)
     ctx = require("sleep")
     _sleep(ctx, secs, None)
 
@@ -219,7 +253,7 @@ def _value(kind_name: str, make: Callable[[], Any]) -> Any:
         return rec.output
     ctx.check_alive()
     value = make()
-    _record(ctx, seq, key, "value", kind_name, _codec.checked(value, kind_name))
+    _record(ctx, seq, key, "value", kind_name, _codec.checked(value, kind_name, ctx.app.limits))
     return value
 
 

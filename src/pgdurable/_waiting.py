@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _codec
 from ._context import RunContext, Suspended, require
+from ._durations import seconds
 from ._errors import LeaseLost, RunCancelled, WorkflowFailed
 from ._steps import _record, _replayed, _sql
 
@@ -19,9 +20,11 @@ R = TypeVar("R")
 
 
 def _timeout(value: float | timedelta | None, what: str) -> float | None:
-    from ._app import _seconds
+    return seconds(value, f"{what} timeout")
 
-    return _seconds(value, f"{what} timeout")
+
+def _payload(ctx: RunContext, text: str | None, what: str) -> Any:
+    return _codec.loads(text, f"{what} received by run {ctx.run_id}", ctx.app.limits)
 
 
 def wait_for_event(name: str, timeout: float | timedelta | None = None) -> Any:
@@ -31,8 +34,10 @@ def wait_for_event(name: str, timeout: float | timedelta | None = None) -> Any:
     run holds no worker while it waits. On timeout raises ``EventTimeout``; both the payload
     and the timeout are recorded, so a replay sees the same outcome.
     """
-    if not isinstance(name, str) or not name or len(name) > 500:
-        raise ValueError(f"event name must be a string of 1 to 500 characters, got {name!r}")
+    if not isinstance(name, str) or not name or len(name) > 500 or "\x00" in name:
+        raise ValueError(
+            f"event name must be a string of 1 to 500 characters without NUL, got {name!r}"
+        )
     secs = _timeout(timeout, "wait_for_event")
     ctx = require("wait_for_event")
     seq, key, rec = ctx.next_op("event", name)
@@ -44,7 +49,7 @@ def wait_for_event(name: str, timeout: float | timedelta | None = None) -> Any:
     ).fetchone()
     if not received:
         raise Suspended()
-    return payload
+    return _payload(ctx, payload, f"payload of event {name!r}")
 
 
 def recv(topic: str | None = None, timeout: float | timedelta | None = None) -> Any:
@@ -55,6 +60,8 @@ def recv(topic: str | None = None, timeout: float | timedelta | None = None) -> 
     """
     if topic is not None and not isinstance(topic, str):
         raise TypeError(f"topic must be a string or None, got {type(topic).__name__}")
+    if topic is not None and (len(topic) > 500 or "\x00" in topic):
+        raise ValueError(f"topic must be at most 500 characters without NUL, got {topic[:50]!r}...")
     secs = _timeout(timeout, "recv")
     ctx = require("recv")
     seq, key, rec = ctx.next_op("message", f"recv:{topic or ''}")
@@ -66,7 +73,7 @@ def recv(topic: str | None = None, timeout: float | timedelta | None = None) -> 
     ).fetchone()
     if not received:
         raise Suspended()
-    return payload
+    return _payload(ctx, payload, f"message of topic {topic or ''!r}")
 
 
 def wait_result(ctx: RunContext, handle: RunHandle[R]) -> R:
@@ -81,6 +88,8 @@ def wait_result(ctx: RunContext, handle: RunHandle[R]) -> R:
         ).fetchone()
         if not finished:
             raise Suspended()
+        output = _payload(ctx, output, f"result of run {handle.run_id}")
+        error = _payload(ctx, error, f"error of run {handle.run_id}")
     if status == "completed":
         result: R = output
         return result
@@ -104,7 +113,7 @@ def emit_in_run(ctx: RunContext, name: str, payload: Any) -> None:
     if rec is not None:
         return
     ctx.check_alive()
-    body = _codec.checked(payload, f"payload of event {name!r}")
+    body = _codec.checked(payload, f"payload of event {name!r}", ctx.app.limits)
     with ctx.conn.transaction():
         _sql(ctx, "emit_event", (name, body))
         _record(ctx, seq, key, "emit", name, None)
@@ -116,7 +125,7 @@ def send_in_run(ctx: RunContext, target: str, payload: Any, topic: str | None) -
     if rec is not None:
         return
     ctx.check_alive()
-    body = _codec.checked(payload, "message payload")
+    body = _codec.checked(payload, "message payload", ctx.app.limits)
     with ctx.conn.transaction():
         _sql(ctx, "send_message", (target, body, topic))
         _record(ctx, seq, key, "send", f"send:{topic or ''}", None)

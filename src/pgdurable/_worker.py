@@ -1,4 +1,4 @@
-"""The worker: claims runs of its queues and executes them on a pool of threads."""
+"""The worker: claims runs of its queues and workflows and executes them on a pool of threads."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from ._db import call_sql, describe, is_connection_error
+from ._durations import seconds
 from ._executor import execute
+from ._leases import Held
 from ._queries import Q
 
 if TYPE_CHECKING:
@@ -21,13 +25,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdurable.worker")
 
+# How often a worker tells the registry it is alive (pgdurable.workers.last_seen_at); the
+# unserved_runs view counts a worker as live for a minute after that.
+REGISTER_EVERY = 10.0
+
 
 class Worker:
     """Runs workflows of ``queues`` (default: the queues of the app's registered workflows).
 
-    ``run()`` blocks until ``stop()`` or SIGTERM/SIGINT: then it stops claiming, lets each
-    current run reach its next durable operation and hands it back, so another worker takes it
-    at once. A second signal exits without waiting (leases then expire).
+    It claims only runs of workflows its App registers. ``run()`` blocks until ``stop()`` or
+    SIGTERM/SIGINT: then it stops claiming, lets each current run reach its next durable
+    operation and hands it back, so another worker takes it at once. A second signal exits
+    without waiting (leases then expire).
     """
 
     def __init__(
@@ -38,10 +47,10 @@ class Worker:
         queues: Iterable[str] | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+        if not 1 <= concurrency <= 10_000:
+            raise ValueError(f"concurrency must be between 1 and 10000, got {concurrency}")
         from ._app import _check_name
 
         self.app = app
@@ -52,7 +61,9 @@ class Worker:
             else sorted({wf.queue for wf in app.workflows.values()} | {"default"})
         )
         self.queues = [_check_name("queue", q) for q in chosen]
-        self.poll_interval = poll_interval
+        self.poll_interval = float(
+            seconds(poll_interval, "poll_interval", allow_none=False, exclusive_minimum=True) or 0.0
+        )
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._active = 0
@@ -75,13 +86,32 @@ class Worker:
         log.info("signal %s: stopping (finishing or handing back %s runs)", signum, self._active)
         self.stop()
 
+    def unserved_workflows(self) -> dict[str, str]:
+        """{workflow: queue} of the App's workflows (children included) on queues this worker
+        does not claim: their runs wait for another worker."""
+        return {
+            name: wf.queue
+            for name, wf in sorted(self.app.workflows.items())
+            if wf.queue not in self.queues
+        }
+
     def run(self) -> None:
         """Claim and execute runs until stopped."""
         installed: list[tuple[signal.Signals, Any]] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed.append((sig, signal.signal(sig, self._on_signal)))
+        unserved = self.unserved_workflows()
+        if unserved:
+            log.warning(
+                "this worker claims queues %s, so runs of %s will wait for another worker "
+                "(add those queues with --queue, or run a worker for them)",
+                ", ".join(self.queues),
+                ", ".join(f"{name} (queue {queue})" for name, queue in unserved.items()),
+                extra={"queues": self.queues, "unserved": unserved},
+            )
         self.app.ensure_pool_size(self.concurrency + 1)
+        self._register()
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
         listener.start()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pgdurable-run")
@@ -91,9 +121,31 @@ class Worker:
             pool.shutdown(wait=True)
             for signum, previous in installed:
                 signal.signal(signum, previous)
+            self._unregister()
             log.info("worker %s stopped", self.app.worker_id)
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _registration(self) -> tuple[Any, ...]:
+        workflows = [{"name": n, "queue": wf.queue} for n, wf in self.app.workflows.items()]
+        return (self.app.worker_id, self.queues, Jsonb(workflows))
+
+    def _register(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        try:
+            if conn is not None:
+                call_sql(conn, "register_worker", self._registration())
+            else:
+                with self.app.pool.connection() as c:
+                    call_sql(c, "register_worker", self._registration())
+        except psycopg.Error as exc:
+            log.warning("could not register worker %s: %s", self.app.worker_id, describe(exc))
+
+    def _unregister(self) -> None:
+        try:
+            with self.app.pool.connection(timeout=5) as conn:
+                call_sql(conn, "unregister_worker", (self.app.worker_id,))
+        except Exception as exc:  # best effort: the registry forgets silent workers anyway
+            log.info("could not unregister worker %s: %s", self.app.worker_id, exc)
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
         backoff = 0.1
@@ -107,35 +159,55 @@ class Worker:
             if free > 0:
                 try:
                     rows = self._claim(free)
+                    if backoff > 0.1:
+                        log.warning("claims work again")
                     backoff = 0.1
                 except psycopg.Error as exc:
-                    log.warning("claim failed (%s); retrying in %.1f s", exc, backoff)
+                    if backoff == 0.1 or backoff >= 2.0:
+                        log.warning("claim failed (%s); retrying", describe(exc))
+                    if is_connection_error(exc):
+                        # Replace the pool's dead idle connections now, not one by one at
+                        # checkout with growing backoff (which stalled claims ~30 s after a
+                        # server restart).
+                        self.app.connection_lost()
                     self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 2.0)
                     continue
                 log.debug("claimed %d of %d free slots", len(rows), free)
                 for row in rows:
+                    # Held from the claim on: heartbeated even while it waits for a connection.
+                    held = self.app.leases.hold(row[0], row[5], bool(row[10]))
                     with self._lock:
                         self._active += 1
-                    pool.submit(self._execute, row).add_done_callback(self._done)
+                    pool.submit(self._execute, row, held).add_done_callback(self._done)
                 if len(rows) == free:
                     continue  # the queue may hold more: claim again as soon as a slot frees
             self._wake.wait(self.poll_interval)
 
     def _claim(self, limit: int) -> list[tuple[Any, ...]]:
-        from ._app import call_sql
-
+        workflows = sorted(self.app.workflows)
+        if not workflows:
+            return []
         with self.app.pool.connection() as conn:
             rows: list[tuple[Any, ...]] = call_sql(
-                conn, "claim_runs", (self.app.worker_id, self.queues, limit, self.app.lease)
+                conn,
+                "claim_runs",
+                (self.app.worker_id, self.queues, limit, self.app.lease, workflows),
             ).fetchall()
             return rows
 
-    def _execute(self, row: tuple[Any, ...]) -> str:
-        with self.app.pool.connection() as conn:
-            outcome, value = execute(self.app, row, conn, self._stop)
-        if outcome == "failed":
-            log.info("run %s failed: %r", row[0], value)
+    def _execute(self, row: tuple[Any, ...], held: Held) -> str:
+        try:
+            with self.app.pool.connection() as conn:
+                outcome, _ = execute(self.app, row, conn, self._stop, held)
+        except psycopg.Error as exc:
+            # No connection could be had: the lease lapses and the run is taken back (free of
+            # charge if the server restarted).
+            self.app.leases.release(held)
+            log.warning("run %s: no database connection (%s)", row[0], describe(exc))
+            if is_connection_error(exc):
+                self.app.connection_lost()
+            return "released"
         return outcome
 
     def _done(self, fut: Future[str]) -> None:
@@ -150,22 +222,39 @@ class Worker:
             self.failed += 1
         self._wake.set()
 
+    def _saturated(self) -> bool:
+        with self._lock:
+            return self._active >= self.concurrency
+
     def _listen(self) -> None:
-        """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps."""
+        """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps. On
+        the same connection: the registry heartbeat, and tick_due() while every slot is busy
+        (claims run it otherwise), so timers and expired leases never wait for a free slot."""
         backoff = 0.5
         wanted = set(self.queues)
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(Q["listen_wake"])
+                    if backoff > 0.5:
+                        log.warning("listener reconnected")
                     backoff = 0.5
                     self._wake.set()  # anything sent while we were not listening
+                    registered = ticked = time.monotonic()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=min(1.0, self.poll_interval)):
                             log.debug("notified: %s", note.payload)
                             if note.payload in wanted:
                                 self._wake.set()
+                        now = time.monotonic()
+                        if now - registered >= REGISTER_EVERY:
+                            self._register(conn)
+                            registered = now
+                        if now - ticked >= self.poll_interval and self._saturated():
+                            call_sql(conn, "tick_due")
+                            ticked = now
             except psycopg.Error as exc:
-                log.info("listener disconnected (%s); polling until it reconnects", exc)
+                if backoff == 0.5:
+                    log.info("listener disconnected (%s); polling until it reconnects", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)

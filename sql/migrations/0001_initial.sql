@@ -1,0 +1,1069 @@
+-- pgdurable schema, version 1. Durable execution on PostgreSQL alone.
+--
+-- Tables (schema pgdurable):
+--   runs            one row per workflow run: identity, input/output/error, status, lease, timing
+--   checkpoints     one row per completed durable operation of a run, keyed by (run_id, step_key)
+--   timers          when a sleeping or waiting run must wake (sleep end, retry, wait timeout)
+--   events          named durable events; waiters read them by name
+--   messages        per-run mailbox, FIFO per topic, each message consumed exactly once
+--   clock           one row: the offset added to now() (tests shift time instead of sleeping)
+--   schema_version  the versions applied by `pgdurable init`
+--
+-- A run's lifecycle:
+--   start_run       inserts it 'pending' (available_at = now + delay) and NOTIFYs its queue.
+--   claim_runs      moves due timers' runs and expired leases back to 'pending', then takes up to
+--                   N pending runs FOR UPDATE SKIP LOCKED: status 'running', attempt + 1 (the
+--                   fencing token), a lease, and its checkpoints in the same result.
+--   record_checkpoint  (fenced by run id + attempt) stores one completed operation.
+--   sleep_run / wait_* suspend it ('sleeping' / 'waiting') with a timer; it holds no worker.
+--   schedule_retry  suspends it until a step's next retry.
+--   complete_run / fail_run end it; release_run hands it back ('pending') at once.
+--   heartbeat       extends every lease of a worker in one statement.
+--   cancel_run, resume_run, retry_run, fork_run, gc_runs operate on it from anywhere.
+-- Every worker write is fenced: it locks the run row FOR SHARE and checks (id, attempt,
+-- status 'running'); a worker whose lease was taken over gets SQLSTATE PD002 and rolls back.
+--
+-- Errors raised here use SQLSTATE class PD:
+--   PD001 run not found      PD002 lease lost (fenced)   PD003 invalid input
+--   PD004 invalid option     PD005 cancel requested      PD006 wrong state for this call
+--   PD007 workflow_id conflict
+-- This file is idempotent: applying it twice changes nothing.
+
+create schema if not exists pgdurable;
+
+create table if not exists pgdurable.schema_version (
+    version    integer primary key,
+    applied_at timestamptz not null default now()
+);
+
+create table if not exists pgdurable.clock (
+    id     boolean primary key default true check (id),
+    offset_interval interval not null default '0'
+);
+insert into pgdurable.clock (id) values (true) on conflict do nothing;
+
+create table if not exists pgdurable.runs (
+    id                     uuid primary key,
+    workflow_id            text not null,
+    workflow_name          text not null,
+    queue_name             text not null default 'default',
+    status                 text not null,
+    priority               integer not null default 0,
+    input                  jsonb not null,
+    output                 jsonb,
+    error                  jsonb,
+    attempt                integer not null default 0,
+    recoveries             integer not null default 0,
+    max_recoveries         integer not null default 10,
+    worker_id              text,
+    lease_expires_at       timestamptz,
+    available_at           timestamptz not null,
+    parent_id              uuid,
+    deadline_at            timestamptz,
+    cancel_requested       boolean not null default false,
+    wait_for               text,
+    retry_step_key         text,
+    retry_step_attempts    integer not null default 0,
+    note                   text,
+    created_at             timestamptz not null,
+    started_at             timestamptz,
+    updated_at             timestamptz not null,
+    finished_at            timestamptz,
+    constraint runs_workflow_id_key unique (workflow_id),
+    constraint runs_status_check check (status in
+        ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
+    constraint runs_lease_check check ((status = 'running') = (lease_expires_at is not null))
+);
+-- Claims read only pending rows; finished history never enters these indexes.
+create index if not exists runs_claim_idx
+    on pgdurable.runs (queue_name, priority desc, available_at)
+    where status = 'pending';
+create index if not exists runs_lease_idx
+    on pgdurable.runs (lease_expires_at)
+    where status = 'running';
+create index if not exists runs_parent_idx
+    on pgdurable.runs (parent_id)
+    where parent_id is not null;
+create index if not exists runs_waiting_idx
+    on pgdurable.runs (wait_for)
+    where status = 'waiting';
+create index if not exists runs_deadline_idx
+    on pgdurable.runs (deadline_at)
+    where deadline_at is not null and finished_at is null;
+create index if not exists runs_finished_idx
+    on pgdurable.runs (finished_at)
+    where finished_at is not null;
+
+create table if not exists pgdurable.checkpoints (
+    run_id       uuid not null,
+    step_key     text not null,
+    seq          integer not null,
+    kind         text not null,
+    step_name    text not null,
+    output       jsonb,
+    error        jsonb,
+    attempts     integer not null default 1,
+    run_attempt  integer not null,
+    started_at   timestamptz,
+    completed_at timestamptz not null,
+    constraint checkpoints_pkey primary key (run_id, step_key),
+    constraint checkpoints_kind_check check (kind in
+        ('step', 'transaction', 'sleep', 'event', 'message', 'child', 'result', 'value', 'send',
+         'emit', 'patch', 'compensate'))
+);
+
+create table if not exists pgdurable.timers (
+    run_id    uuid primary key,
+    fire_at   timestamptz not null,
+    reason    text not null,
+    -- for a wait's timeout: the checkpoint that records it when the timer fires
+    step_key  text,
+    seq       integer,
+    kind      text,
+    step_name text
+);
+create index if not exists timers_fire_idx on pgdurable.timers (fire_at);
+
+create table if not exists pgdurable.events (
+    id         bigint generated always as identity primary key,
+    name       text not null,
+    payload    jsonb not null,
+    created_at timestamptz not null
+);
+create index if not exists events_name_idx on pgdurable.events (name, id);
+
+create table if not exists pgdurable.messages (
+    id          bigint generated always as identity primary key,
+    run_id      uuid not null,
+    topic       text not null default '',
+    payload     jsonb not null,
+    created_at  timestamptz not null,
+    consumed_at timestamptz
+);
+create index if not exists messages_unconsumed_idx
+    on pgdurable.messages (run_id, topic, id)
+    where consumed_at is null;
+
+-- Engine time. Every function below reads the clock through this, so tests can shift it.
+-- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
+-- afresh in every statement (~30 us per call on the hot path); PL/pgSQL caches the plan.
+create or replace function pgdurable.now() returns timestamptz
+language plpgsql stable as $$
+begin
+    return now() + (select offset_interval from pgdurable.clock where id);
+end $$;
+
+-- Called by tests and operators: moves engine time by p_by (cumulative). Returns the new now().
+create or replace function pgdurable.shift_clock(p_by interval) returns timestamptz
+language sql as $$
+    update pgdurable.clock set offset_interval = offset_interval + p_by where id;
+    select now() + (select offset_interval from pgdurable.clock where id)
+$$;
+
+-- Internal: the error raised when a worker's fencing token is stale.
+create or replace function pgdurable._fence(p_run_id uuid, p_attempt integer) returns void
+language plpgsql as $$
+declare
+    v_run pgdurable.runs%rowtype;
+begin
+    select * into v_run from pgdurable.runs where id = p_run_id for share;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    if v_run.attempt <> p_attempt or v_run.status <> 'running' then
+        raise exception 'lease lost on run % (this worker holds attempt %, the run is % at attempt %)',
+            p_run_id, p_attempt, v_run.status, v_run.attempt
+            using errcode = 'PD002',
+                  hint = 'another worker took the run over; this worker must stop executing it';
+    end if;
+    if v_run.cancel_requested then
+        raise exception 'run % was cancelled', p_run_id using errcode = 'PD005';
+    end if;
+end $$;
+
+-- Internal: makes every run waiting on p_wait_for ('event:NAME', 'message:RUN:TOPIC',
+-- 'run:ID') pending again, drops its timeout timer and wakes the workers of its queue.
+create or replace function pgdurable._wake_waiters(p_wait_for text) returns integer
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_run record;
+    v_n integer := 0;
+begin
+    for v_run in
+        update pgdurable.runs
+           set status = 'pending', available_at = v_now, updated_at = v_now, wait_for = null
+         where status = 'waiting' and wait_for = p_wait_for
+        returning id, queue_name
+    loop
+        delete from pgdurable.timers where run_id = v_run.id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end $$;
+
+-- Internal: called whenever a run ends: wakes result() waiters (NOTIFY pgdurable_done) and any
+-- workflow durably waiting for this run (a parent in handle.result() or gather()).
+create or replace function pgdurable._run_finished(p_run_id uuid) returns void
+language plpgsql as $$
+begin
+    perform pg_notify('pgdurable_done', p_run_id::text);
+    if exists (select 1 from pgdurable.runs where status = 'waiting' and wait_for = 'run:' || p_run_id) then
+        perform pgdurable._wake_waiters('run:' || p_run_id);
+    end if;
+end $$;
+
+-- Internal: suspends a running run until p_wait_for is woken by _wake_waiters, or until
+-- p_timeout seconds after the wait first began, when tick() records the timeout as the
+-- checkpoint (p_seq, p_key, p_kind, p_name). A replayed wait keeps its first deadline.
+create or replace function pgdurable._suspend_waiting(
+    p_run_id uuid, p_wait_for text, p_timeout double precision,
+    p_seq integer, p_key text, p_kind text, p_name text
+) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    update pgdurable.runs
+       set status = 'waiting', wait_for = p_wait_for, lease_expires_at = null, worker_id = null,
+           updated_at = v_now, note = null
+     where id = p_run_id;
+    if p_timeout is not null then
+        insert into pgdurable.timers (run_id, fire_at, reason, step_key, seq, kind, step_name)
+        values (p_run_id, v_now + make_interval(secs => greatest(p_timeout, 0)), 'timeout',
+                p_key, p_seq, p_kind, p_name)
+        on conflict (run_id) do nothing;
+    end if;
+end $$;
+
+-- Called by the SDK and by SQL users to start a workflow run; usable inside the caller's
+-- transaction (the run exists only if it commits). Idempotent on workflow_id. Returns the run id.
+-- p_input: {"args": [...], "kwargs": {...}}. p_options keys: workflow_id, queue, priority,
+-- delay (seconds), on_conflict ('return' | 'raise'), parent_id, max_recoveries, timeout (seconds).
+create or replace function pgdurable.start_run(
+    p_workflow_name text,
+    p_input jsonb default '{"args": [], "kwargs": {}}',
+    p_options jsonb default '{}'
+) returns uuid
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_id uuid := gen_random_uuid();
+    v_key text;
+    v_queue text;
+    v_delay double precision;
+    v_timeout double precision;
+    v_existing pgdurable.runs%rowtype;
+    v_parent pgdurable.runs%rowtype;
+    v_deadline timestamptz;
+begin
+    if p_workflow_name is null or p_workflow_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
+        raise exception 'invalid workflow name %', coalesce(quote_literal(p_workflow_name), 'NULL')
+            using errcode = 'PD003',
+                  hint = 'use the registered name: letters, digits and _ . : < > -, at most 200 characters';
+    end if;
+    if p_input is null or jsonb_typeof(p_input) <> 'object'
+       or jsonb_typeof(coalesce(p_input -> 'args', '[]')) <> 'array'
+       or jsonb_typeof(coalesce(p_input -> 'kwargs', '{}')) <> 'object'
+       or exists (select 1 from jsonb_object_keys(p_input) k where k not in ('args', 'kwargs')) then
+        raise exception 'invalid input for workflow %: %', p_workflow_name, coalesce(p_input::text, 'NULL')
+            using errcode = 'PD003',
+                  hint = 'pass a JSON object {"args": [...], "kwargs": {...}}';
+    end if;
+    if p_options is null or jsonb_typeof(p_options) <> 'object' then
+        raise exception 'options must be a JSON object, got %', coalesce(p_options::text, 'NULL')
+            using errcode = 'PD004';
+    end if;
+    select string_agg(k, ', ') into v_key from jsonb_object_keys(p_options) k
+        where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
+                        'max_recoveries', 'timeout');
+    if v_key is not null then
+        raise exception 'unknown start option(s): %', v_key
+            using errcode = 'PD004',
+                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout';
+    end if;
+
+    v_queue := coalesce(p_options ->> 'queue', 'default');
+    if v_queue !~ '^[A-Za-z0-9_.:-]{1,100}$' then
+        raise exception 'invalid queue name %', quote_literal(v_queue)
+            using errcode = 'PD004',
+                  hint = 'queue names use letters, digits and _ . : -, 1 to 100 characters';
+    end if;
+    v_key := coalesce(p_options ->> 'workflow_id', v_id::text);
+    if v_key = '' or length(v_key) > 500 then
+        raise exception 'workflow_id must be 1 to 500 characters' using errcode = 'PD004';
+    end if;
+    if coalesce(p_options ->> 'on_conflict', 'return') not in ('return', 'raise') then
+        raise exception 'on_conflict must be ''return'' or ''raise'', got %', p_options ->> 'on_conflict'
+            using errcode = 'PD004';
+    end if;
+    begin
+        v_delay := coalesce((p_options ->> 'delay')::double precision, 0);
+        v_timeout := (p_options ->> 'timeout')::double precision;
+        if v_delay < 0 or v_timeout <= 0 or (p_options ->> 'priority')::integer is null and p_options ? 'priority'
+           or (p_options ->> 'max_recoveries')::integer < 0 then
+            raise exception using errcode = '22023';
+        end if;
+        if p_options ? 'parent_id' then
+            select * into v_parent from pgdurable.runs where id = (p_options ->> 'parent_id')::uuid;
+            if not found then
+                raise exception using errcode = '22023';
+            end if;
+        end if;
+    exception when others then
+        raise exception 'invalid start options %', p_options
+            using errcode = 'PD004',
+                  hint = 'delay and timeout are seconds (delay >= 0, timeout > 0), priority and max_recoveries integers, parent_id an existing run id';
+    end;
+    v_deadline := least(v_now + make_interval(secs => v_timeout), v_parent.deadline_at);
+
+    insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, priority, input,
+                                max_recoveries, available_at, parent_id, deadline_at,
+                                created_at, updated_at)
+    values (v_id, v_key, p_workflow_name, v_queue, 'pending',
+            coalesce((p_options ->> 'priority')::integer, 0), p_input,
+            coalesce((p_options ->> 'max_recoveries')::integer, 10),
+            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_now, v_now)
+    on conflict (workflow_id) do nothing;
+
+    if found then
+        if v_delay = 0 then
+            perform pg_notify('pgdurable_wake', v_queue);
+        end if;
+        return v_id;
+    end if;
+
+    select * into v_existing from pgdurable.runs where workflow_id = v_key;
+    if p_options ->> 'on_conflict' = 'raise' or v_existing.workflow_name <> p_workflow_name then
+        raise exception 'workflow_id % is already used by run % of workflow %', quote_literal(v_key),
+            v_existing.id, v_existing.workflow_name
+            using errcode = 'PD007',
+                  hint = 'pick another workflow_id, or start with on_conflict => ''return'' to get the existing run';
+    end if;
+    return v_existing.id;
+end $$;
+
+-- Called by the SDK's start_many: starts one run per element of p_inputs in one statement.
+-- p_workflow_ids may be null (ids are generated) or have one key per input.
+create or replace function pgdurable.start_runs(
+    p_workflow_name text,
+    p_inputs jsonb[],
+    p_options jsonb default '{}',
+    p_workflow_ids text[] default null
+) returns setof uuid
+language plpgsql as $$
+declare
+    i integer;
+begin
+    if p_workflow_ids is not null and cardinality(p_workflow_ids) <> cardinality(p_inputs) then
+        raise exception 'start_runs got % inputs but % workflow ids', cardinality(p_inputs), cardinality(p_workflow_ids)
+            using errcode = 'PD003';
+    end if;
+    for i in 1 .. coalesce(cardinality(p_inputs), 0) loop
+        return next pgdurable.start_run(
+            p_workflow_name, p_inputs[i],
+            case when p_workflow_ids is null then p_options
+                 else p_options || jsonb_build_object('workflow_id', p_workflow_ids[i]) end);
+    end loop;
+end $$;
+
+-- Called by claim_runs (and usable by operators): wakes runs whose timer is due (recording a
+-- wait's timeout as its checkpoint), takes back runs whose lease expired (dead-lettering those
+-- past max_recoveries) and fails runs past their deadline. Returns the number of runs changed.
+create or replace function pgdurable.tick(p_limit integer default 100) returns integer
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_n integer := 0;
+    v_t pgdurable.timers%rowtype;
+    v_run pgdurable.runs%rowtype;
+    v_dead boolean;
+begin
+    for v_t in
+        delete from pgdurable.timers t
+         where t.run_id in (select run_id from pgdurable.timers where fire_at <= v_now
+                            order by fire_at limit p_limit for update skip locked)
+        returning t.*
+    loop
+        if v_t.reason = 'timeout' then
+            insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, error,
+                                               run_attempt, started_at, completed_at)
+            select v_t.run_id, v_t.step_key, v_t.seq, v_t.kind, v_t.step_name,
+                   jsonb_build_object(
+                       'type', case v_t.kind when 'message' then 'pgdurable.MessageTimeout'
+                                             else 'pgdurable.EventTimeout' end,
+                       'message', format('%s %s did not arrive by %s', v_t.kind, v_t.step_name, v_t.fire_at),
+                       'traceback', null),
+                   r.attempt, v_now, v_now
+              from pgdurable.runs r where r.id = v_t.run_id and r.status = 'waiting'
+            on conflict do nothing;
+        end if;
+        update pgdurable.runs
+           set status = 'pending', available_at = v_now, updated_at = v_now, wait_for = null,
+               note = case when v_t.reason = 'timeout' then 'wait timed out' else note end
+         where id = v_t.run_id and status in ('sleeping', 'waiting')
+        returning * into v_run;
+        if found then
+            v_n := v_n + 1;
+            perform pg_notify('pgdurable_wake', v_run.queue_name);
+        end if;
+    end loop;
+
+    for v_run in
+        select * from pgdurable.runs
+         where status = 'running' and lease_expires_at < v_now
+         order by lease_expires_at limit p_limit for update skip locked
+    loop
+        v_dead := v_run.recoveries >= v_run.max_recoveries;
+        update pgdurable.runs
+           set status = case when v_dead then 'failed' else 'pending' end,
+               recoveries = recoveries + 1, lease_expires_at = null, worker_id = null,
+               available_at = v_now, updated_at = v_now,
+               finished_at = case when v_dead then v_now end,
+               error = case when v_dead then jsonb_build_object(
+                   'type', 'DeadLettered',
+                   'message', format('run exceeded %s crash recoveries; worker %s lost its lease at %s',
+                                     v_run.max_recoveries, v_run.worker_id, v_run.lease_expires_at),
+                   'traceback', null) else error end,
+               note = format('lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)
+         where id = v_run.id;
+        v_n := v_n + 1;
+        if v_dead then
+            perform pgdurable._run_finished(v_run.id);
+        else
+            perform pg_notify('pgdurable_wake', v_run.queue_name);
+        end if;
+    end loop;
+
+    for v_run in
+        select * from pgdurable.runs
+         where deadline_at < v_now and finished_at is null
+         order by deadline_at limit p_limit for update skip locked
+    loop
+        update pgdurable.runs
+           set status = 'failed', lease_expires_at = null, worker_id = null, wait_for = null,
+               finished_at = v_now, updated_at = v_now,
+               error = jsonb_build_object('type', 'pgdurable.DeadlineExceeded',
+                   'message', format('run passed its deadline %s', v_run.deadline_at),
+                   'traceback', null)
+         where id = v_run.id;
+        delete from pgdurable.timers where run_id = v_run.id;
+        v_n := v_n + 1;
+        perform pgdurable._run_finished(v_run.id);
+    end loop;
+
+    return v_n;
+end $$;
+
+-- Internal: gives the runs p_ids (locked by the caller) to p_worker_id with a lease and returns
+-- each with its checkpoints in order, so replay needs no further query.
+create or replace function pgdurable._take_runs(
+    p_ids uuid[], p_worker_id text, p_lease double precision
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
+language sql as $$
+    with claimed as (
+        update pgdurable.runs r
+           set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
+               lease_expires_at = pgdurable.now() + make_interval(secs => p_lease),
+               started_at = coalesce(r.started_at, pgdurable.now()), updated_at = pgdurable.now()
+         where r.id = any(p_ids)
+        returning r.*
+    )
+    select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
+           c.retry_step_key, c.retry_step_attempts,
+           coalesce((select jsonb_agg(jsonb_build_object(
+                        'seq', k.seq, 'key', k.step_key, 'kind', k.kind, 'name', k.step_name,
+                        'output', k.output, 'error', k.error) order by k.seq)
+                     from pgdurable.checkpoints k where k.run_id = c.id), '[]'::jsonb),
+           c.cancel_requested
+      from claimed c
+$$;
+
+-- Called by workers: takes up to p_limit runnable runs of p_queues for p_worker_id with a lease
+-- of p_lease seconds, highest priority first, then oldest. Concurrent claimers never block each
+-- other (SKIP LOCKED); each queue is read in the order of runs_claim_idx, never sorted.
+create or replace function pgdurable.claim_runs(
+    p_worker_id text,
+    p_queues text[],
+    p_limit integer,
+    p_lease double precision default 30
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_queue text := p_queues[1];
+    v_ids uuid[];
+begin
+    -- min() without parameters: always one step down a partial index. The former
+    -- "exists (... where fire_at <= v_now)" got a generic plan that seq-scanned every timer
+    -- when none was due (100k sleeping runs made each claim ~4x slower).
+    if (select min(fire_at) from pgdurable.timers) <= v_now
+       or (select min(r.lease_expires_at) from pgdurable.runs r where r.status = 'running') < v_now
+       or (select min(r.deadline_at) from pgdurable.runs r
+            where r.deadline_at is not null and r.finished_at is null) < v_now then
+        perform pgdurable.tick();
+    end if;
+    if cardinality(p_queues) = 1 then
+        with picked as (
+            select r.id from pgdurable.runs r
+             where r.status = 'pending' and r.queue_name = v_queue and r.available_at <= v_now
+             order by r.priority desc, r.available_at
+             limit p_limit
+             for update skip locked
+        )
+        select array_agg(picked.id) into v_ids from picked;
+    else
+        -- one ordered index scan per queue, then the best p_limit of their heads
+        select array_agg(h.id) into v_ids from (
+            select c.id from unnest(p_queues) as q(name)
+            cross join lateral (
+                select r.id, r.priority, r.available_at from pgdurable.runs r
+                 where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
+                 order by r.priority desc, r.available_at
+                 limit p_limit
+                 for update skip locked) c
+            order by c.priority desc, c.available_at
+            limit p_limit) h;
+    end if;
+    if v_ids is null then
+        return;
+    end if;
+    return query select * from pgdurable._take_runs(v_ids, p_worker_id, p_lease);
+end $$;
+
+-- Called by the SDK when a workflow function is called directly: claims that one run for
+-- p_worker_id if it is pending (or its lease expired). Returns no row if another worker has it.
+create or replace function pgdurable.claim_run(
+    p_run_id uuid,
+    p_worker_id text,
+    p_lease double precision default 30
+) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
+                 attempt integer, deadline_at timestamptz, retry_step_key text,
+                 retry_step_attempts integer, checkpoints jsonb, cancel_requested boolean)
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    perform 1 from pgdurable.runs r
+     where r.id = p_run_id
+       and (r.status = 'pending' or (r.status = 'running' and r.lease_expires_at < v_now))
+       for update;
+    if not found then
+        return;
+    end if;
+    return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease);
+end $$;
+
+-- Called by the SDK after each durable operation (step, transaction, value, child start).
+-- Fenced: raises PD002 if the worker lost the run, PD005 if the run was cancelled. Inside a
+-- transaction step it commits together with the application's writes.
+create or replace function pgdurable.record_checkpoint(
+    p_run_id uuid,
+    p_attempt integer,
+    p_seq integer,
+    p_step_key text,
+    p_kind text,
+    p_step_name text,
+    p_output jsonb,
+    p_error jsonb default null,
+    p_attempts integer default 1,
+    p_started_at timestamptz default null
+) returns void
+language plpgsql as $$
+declare
+    v_retry_key text;
+begin
+    -- The fence inline (one statement on the hot path): the FOR SHARE lock on the run row makes
+    -- a takeover wait for this transaction, so a zombie's write either commits before the new
+    -- owner loads the checkpoints or is rejected here. _fence only names the error.
+    select r.retry_step_key into v_retry_key from pgdurable.runs r
+     where r.id = p_run_id and r.attempt = p_attempt and r.status = 'running'
+       and not r.cancel_requested
+       for share;
+    if not found then
+        perform pgdurable._fence(p_run_id, p_attempt);
+        raise exception 'lease lost on run % (attempt %)', p_run_id, p_attempt using errcode = 'PD002';
+    end if;
+    insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                       attempts, run_attempt, started_at, completed_at)
+    values (p_run_id, p_step_key, p_seq, p_kind, p_step_name, p_output, p_error,
+            p_attempts, p_attempt, p_started_at, pgdurable.now());
+    if p_error is null and v_retry_key = p_step_key then
+        update pgdurable.runs set retry_step_key = null, retry_step_attempts = 0 where id = p_run_id;
+    end if;
+end $$;
+
+-- Internal: ends a running run (fenced) as p_status with its output or error, and wakes
+-- whoever waits for it.
+create or replace function pgdurable._end_run(
+    p_run_id uuid, p_attempt integer, p_status text, p_output jsonb, p_error jsonb
+) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    update pgdurable.runs
+       set status = p_status, output = p_output, error = p_error, lease_expires_at = null,
+           worker_id = null, finished_at = v_now, updated_at = v_now,
+           note = case when p_status = 'completed' then null else note end
+     where id = p_run_id;
+    perform pgdurable._run_finished(p_run_id);
+end $$;
+
+-- Called by the SDK when a workflow function returns. Fenced. Notifies 'pgdurable_done'.
+create or replace function pgdurable.complete_run(p_run_id uuid, p_attempt integer, p_output jsonb)
+returns void
+language sql as $$
+    select pgdurable._end_run(p_run_id, p_attempt, 'completed', p_output, null)
+$$;
+
+-- Called by the SDK when a workflow raises (or a step exhausts its retries). Fenced.
+-- p_error: {"type", "message", "traceback"}.
+create or replace function pgdurable.fail_run(p_run_id uuid, p_attempt integer, p_error jsonb)
+returns void
+language sql as $$
+    select pgdurable._end_run(p_run_id, p_attempt, 'failed', null, p_error)
+$$;
+
+-- Called by the SDK when a step failed and its next retry is far away: the run leaves the
+-- worker and a timer makes it pending again at now + p_delay. Fenced.
+create or replace function pgdurable.schedule_retry(
+    p_run_id uuid, p_attempt integer, p_step_key text, p_step_attempts integer,
+    p_delay double precision, p_error jsonb
+) returns timestamptz
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_at timestamptz := v_now + make_interval(secs => p_delay);
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    update pgdurable.runs
+       set status = 'sleeping', lease_expires_at = null, worker_id = null, updated_at = v_now,
+           retry_step_key = p_step_key, retry_step_attempts = p_step_attempts,
+           note = format('step %s failed (attempt %s): %s; retry at %s', p_step_key, p_step_attempts,
+                         p_error ->> 'message', v_at),
+           error = p_error
+     where id = p_run_id;
+    insert into pgdurable.timers (run_id, fire_at, reason) values (p_run_id, v_at, 'retry')
+    on conflict (run_id) do update set fire_at = excluded.fire_at, reason = excluded.reason;
+    return v_at;
+end $$;
+
+-- Called by the SDK for pgdurable.sleep(): on first execution records the wake time as the
+-- checkpoint (so replays keep it), then suspends the run until then. Returns the wake time and
+-- whether the run must suspend (false when the wake time has already passed).
+create or replace function pgdurable.sleep_run(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_step_key text,
+    p_seconds double precision, p_until timestamptz default null
+) returns table (wake_at timestamptz, suspended boolean)
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_at timestamptz;
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    select (output ->> 'wake_at')::timestamptz into v_at
+      from pgdurable.checkpoints where run_id = p_run_id and step_key = p_step_key;
+    if v_at is null then
+        v_at := coalesce(p_until, v_now + make_interval(secs => greatest(p_seconds, 0)));
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_step_key, p_seq, 'sleep', 'sleep',
+                jsonb_build_object('wake_at', v_at), p_attempt, v_now, v_now);
+    end if;
+    if v_at <= v_now then
+        return query select v_at, false;
+        return;
+    end if;
+    update pgdurable.runs
+       set status = 'sleeping', lease_expires_at = null, worker_id = null, updated_at = v_now,
+           note = null
+     where id = p_run_id;
+    insert into pgdurable.timers (run_id, fire_at, reason) values (p_run_id, v_at, 'sleep')
+    on conflict (run_id) do update set fire_at = excluded.fire_at, reason = excluded.reason;
+    return query select v_at, true;
+end $$;
+
+-- Called by the SDK when a worker stops or cannot run a claimed run (unknown workflow on a
+-- rolling deploy, lost connection): the run is pending again and claimable after p_delay
+-- seconds, with p_reason visible in runs.note. Does not count as a crash recovery.
+create or replace function pgdurable.release_run(
+    p_run_id uuid, p_attempt integer, p_reason text default null, p_delay double precision default 0
+) returns boolean
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_queue text;
+begin
+    update pgdurable.runs
+       set status = 'pending', lease_expires_at = null, worker_id = null,
+           available_at = v_now + make_interval(secs => p_delay), updated_at = v_now,
+           note = p_reason
+     where id = p_run_id and attempt = p_attempt and status = 'running'
+    returning queue_name into v_queue;
+    if not found then
+        return false;
+    end if;
+    if p_delay = 0 then
+        perform pg_notify('pgdurable_wake', v_queue);
+    end if;
+    return true;
+end $$;
+
+-- Called by every worker every few seconds: extends the leases of all the runs it holds in one
+-- statement. Returns the runs it no longer holds (lost = true) or that were asked to cancel.
+create or replace function pgdurable.heartbeat(
+    p_worker_id text, p_run_ids uuid[], p_attempts integer[], p_lease double precision default 30
+) returns table (run_id uuid, lost boolean, cancel_requested boolean)
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    return query
+    with held as (
+        select u.id, u.att from unnest(p_run_ids, p_attempts) as u(id, att)
+    ), extended as (
+        update pgdurable.runs r
+           set lease_expires_at = v_now + make_interval(secs => p_lease)
+          from held
+         where r.id = held.id and r.attempt = held.att and r.status = 'running'
+        returning r.id, r.cancel_requested
+    )
+    select held.id, e.id is null, coalesce(e.cancel_requested, false)
+      from held left join extended e on e.id = held.id
+     where e.id is null or e.cancel_requested;
+end $$;
+
+-- Called by users (SDK, CLI, psql) to cancel a run and its unfinished children. A pending,
+-- sleeping or waiting run ends 'cancelled' at once; a running one is flagged and its worker
+-- stops it at its next durable operation. Returns the run's status after the call.
+create or replace function pgdurable.cancel_run(p_run_id uuid) returns text
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_run pgdurable.runs%rowtype;
+    v_child uuid;
+begin
+    select * into v_run from pgdurable.runs where id = p_run_id for update;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    if v_run.status in ('completed', 'failed', 'cancelled') then
+        return v_run.status;
+    end if;
+    if v_run.status = 'running' then
+        update pgdurable.runs set cancel_requested = true, updated_at = v_now where id = p_run_id;
+    elsif exists (select 1 from pgdurable.checkpoints where run_id = p_run_id and kind = 'compensate') then
+        -- it registered compensations: a worker must replay it and run them before it ends
+        update pgdurable.runs
+           set status = 'pending', cancel_requested = true, available_at = v_now,
+               updated_at = v_now, wait_for = null
+         where id = p_run_id;
+        delete from pgdurable.timers where run_id = p_run_id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+        v_run.status := 'running';
+    else
+        update pgdurable.runs
+           set status = 'cancelled', finished_at = v_now, updated_at = v_now, wait_for = null,
+               error = jsonb_build_object('type', 'Cancelled', 'message', 'run was cancelled',
+                                          'traceback', null)
+         where id = p_run_id;
+        delete from pgdurable.timers where run_id = p_run_id;
+        perform pgdurable._run_finished(p_run_id);
+    end if;
+    for v_child in select id from pgdurable.runs
+                    where parent_id = p_run_id and status not in ('completed', 'failed', 'cancelled') loop
+        perform pgdurable.cancel_run(v_child);
+    end loop;
+    return case when v_run.status = 'running' then 'cancelling' else 'cancelled' end;
+end $$;
+
+-- Called by the SDK when a running run observes its cancel flag: ends it 'cancelled'. Not fenced
+-- by cancel (that is the point), only by attempt.
+create or replace function pgdurable.finish_cancel(p_run_id uuid, p_attempt integer) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    update pgdurable.runs
+       set status = 'cancelled', finished_at = v_now, updated_at = v_now,
+           lease_expires_at = null, worker_id = null,
+           error = jsonb_build_object('type', 'Cancelled', 'message', 'run was cancelled',
+                                      'traceback', null)
+     where id = p_run_id and attempt = p_attempt and status = 'running';
+    perform pgdurable._run_finished(p_run_id);
+end $$;
+
+-- Called by users to restart a failed or cancelled run from its last checkpoint: completed
+-- operations are replayed, the rest runs again. Returns true if the run was restarted.
+create or replace function pgdurable.resume_run(p_run_id uuid) returns boolean
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_run pgdurable.runs%rowtype;
+begin
+    select * into v_run from pgdurable.runs where id = p_run_id for update;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    if v_run.status not in ('failed', 'cancelled') then
+        raise exception 'run % is %; only failed or cancelled runs can be resumed', p_run_id, v_run.status
+            using errcode = 'PD006';
+    end if;
+    -- a failed step's error checkpoint would replay the failure: drop the failed ones
+    delete from pgdurable.checkpoints where run_id = p_run_id and error is not null and kind in ('step', 'transaction');
+    update pgdurable.runs
+       set status = 'pending', available_at = v_now, updated_at = v_now, finished_at = null,
+           error = null, output = null, cancel_requested = false, recoveries = 0,
+           retry_step_key = null, retry_step_attempts = 0, note = 'resumed'
+     where id = p_run_id;
+    perform pg_notify('pgdurable_wake', v_run.queue_name);
+    return true;
+end $$;
+
+-- Called by users: a retry of a failed run is a resume from its last checkpoint.
+create or replace function pgdurable.retry_run(p_run_id uuid) returns boolean
+language sql as $$
+    select pgdurable.resume_run(p_run_id)
+$$;
+
+-- Called by users to start a new run that replays p_run_id's checkpoints before sequence
+-- p_from_seq and executes the rest anew. Returns the new run's id.
+create or replace function pgdurable.fork_run(p_run_id uuid, p_from_seq integer, p_workflow_id text default null)
+returns uuid
+language plpgsql as $$
+declare
+    v_run pgdurable.runs%rowtype;
+    v_new uuid;
+begin
+    select * into v_run from pgdurable.runs where id = p_run_id;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    v_new := pgdurable.start_run(v_run.workflow_name, v_run.input,
+        jsonb_build_object('queue', v_run.queue_name, 'priority', v_run.priority, 'on_conflict', 'raise')
+        || case when p_workflow_id is null then '{}'::jsonb else jsonb_build_object('workflow_id', p_workflow_id) end);
+    insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                       attempts, run_attempt, started_at, completed_at)
+    select v_new, step_key, seq, kind, step_name, output, error, attempts, 0, started_at, completed_at
+      from pgdurable.checkpoints where run_id = p_run_id and seq < p_from_seq;
+    return v_new;
+end $$;
+
+-- Called by operators or a schedule: deletes finished runs (with their checkpoints, timers and
+-- messages) that finished before now - p_older_than. Returns how many runs it deleted.
+create or replace function pgdurable.gc_runs(p_older_than interval, p_limit integer default 10000)
+returns integer
+language plpgsql as $$
+declare
+    v_ids uuid[];
+begin
+    select array_agg(id) into v_ids from (
+        select id from pgdurable.runs
+         where finished_at < pgdurable.now() - p_older_than
+           and status in ('completed', 'failed', 'cancelled')
+         order by finished_at limit p_limit) s;
+    if v_ids is null then
+        return 0;
+    end if;
+    delete from pgdurable.checkpoints where run_id = any(v_ids);
+    delete from pgdurable.messages where run_id = any(v_ids);
+    delete from pgdurable.timers where run_id = any(v_ids);
+    delete from pgdurable.runs where id = any(v_ids);
+    return cardinality(v_ids);
+end $$;
+
+-- Called from anywhere (web handlers, psql, other services; a workflow through the SDK, which
+-- checkpoints it): records the durable event p_name and wakes every run waiting for it. Inside
+-- the caller's transaction the event exists only if that transaction commits. Returns its id.
+create or replace function pgdurable.emit_event(p_name text, p_payload jsonb default 'null')
+returns bigint
+language plpgsql as $$
+declare
+    v_id bigint;
+begin
+    if p_name is null or p_name = '' or length(p_name) > 500 then
+        raise exception 'event name must be 1 to 500 characters' using errcode = 'PD003';
+    end if;
+    -- wait_event takes the same lock: a wait either sees this event or is woken by it
+    perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
+    insert into pgdurable.events (name, payload, created_at)
+    values (p_name, coalesce(p_payload, 'null'), pgdurable.now())
+    returning id into v_id;
+    perform pgdurable._wake_waiters('event:' || p_name);
+    return v_id;
+end $$;
+
+-- Called by the SDK for pgdurable.wait_for_event(). Fenced. If an event named p_name exists (the
+-- newest one, emitted before or after the wait began) it is recorded as the checkpoint and
+-- returned; else the run waits (status 'waiting') with an optional timeout.
+create or replace function pgdurable.wait_event(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_name text,
+    p_timeout double precision default null
+) returns table (received boolean, payload jsonb)
+language plpgsql as $$
+declare
+    v_payload jsonb;
+    v_now timestamptz := pgdurable.now();
+begin
+    perform pg_advisory_xact_lock(hashtext('pgdurable.event:' || p_name));
+    perform pgdurable._fence(p_run_id, p_attempt);
+    select e.payload into v_payload from pgdurable.events e where e.name = p_name
+     order by e.id desc limit 1;
+    if found then
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'event', p_name, v_payload, p_attempt, v_now, v_now);
+        delete from pgdurable.timers where run_id = p_run_id;
+        return query select true, v_payload;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'event:' || p_name, p_timeout, p_seq, p_key,
+                                       'event', p_name);
+    return query select false, null::jsonb;
+end $$;
+
+-- Called by users and workflows: puts a message in the mailbox of a run (by run id or
+-- workflow_id), FIFO per topic, and wakes it if it waits on that topic. Raises PD001 for an
+-- unknown run, PD006 for a finished one. Returns the message id.
+create or replace function pgdurable.send_message(p_target text, p_payload jsonb, p_topic text default null)
+returns bigint
+language plpgsql as $$
+declare
+    v_run pgdurable.runs%rowtype;
+    v_id bigint;
+    v_topic text := coalesce(p_topic, '');
+begin
+    select * into v_run from pgdurable.runs where workflow_id = p_target for update;
+    if not found and p_target ~ '^[0-9a-fA-F-]{36}$' then
+        select * into v_run from pgdurable.runs where id = p_target::uuid for update;
+    end if;
+    if v_run.id is null then
+        raise exception 'no run has workflow_id or id %', quote_literal(p_target)
+            using errcode = 'PD001';
+    end if;
+    if v_run.status in ('completed', 'failed', 'cancelled') then
+        raise exception 'run % (%) is already %; it can receive no messages', v_run.id,
+            v_run.workflow_id, v_run.status
+            using errcode = 'PD006';
+    end if;
+    insert into pgdurable.messages (run_id, topic, payload, created_at)
+    values (v_run.id, v_topic, coalesce(p_payload, 'null'), pgdurable.now())
+    returning id into v_id;
+    if v_run.status = 'waiting' and v_run.wait_for = 'message:' || v_topic then
+        update pgdurable.runs
+           set status = 'pending', available_at = pgdurable.now(), updated_at = pgdurable.now(),
+               wait_for = null
+         where id = v_run.id;
+        delete from pgdurable.timers where run_id = v_run.id;
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+    elsif v_run.status = 'pending' then
+        -- our row lock made concurrent claims skip this run: tell the workers to look again
+        perform pg_notify('pgdurable_wake', v_run.queue_name);
+    end if;
+    return v_id;
+end $$;
+
+-- Called by the SDK for pgdurable.recv(). Fenced. Consumes the oldest unread message of the
+-- topic and records it as the checkpoint in the same transaction (exactly once), or waits.
+create or replace function pgdurable.recv_message(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_topic text,
+    p_timeout double precision default null
+) returns table (received boolean, payload jsonb)
+language plpgsql as $$
+declare
+    v_msg pgdurable.messages%rowtype;
+    v_now timestamptz := pgdurable.now();
+    v_topic text := coalesce(p_topic, '');
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    select * into v_msg from pgdurable.messages m
+     where m.run_id = p_run_id and m.topic = v_topic and m.consumed_at is null
+     order by m.id limit 1 for update;
+    if found then
+        update pgdurable.messages set consumed_at = v_now where id = v_msg.id;
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'message', 'recv:' || v_topic, v_msg.payload, p_attempt, v_now, v_now);
+        delete from pgdurable.timers where run_id = p_run_id;
+        return query select true, v_msg.payload;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'message:' || v_topic, p_timeout, p_seq, p_key,
+                                       'message', 'recv:' || v_topic);
+    return query select false, null::jsonb;
+end $$;
+
+-- Called by the SDK when a workflow waits for another run (handle.result() of a child,
+-- gather()). Fenced. If the target has finished, its outcome is recorded as the checkpoint and
+-- returned; else the run waits, holding no worker, until the target ends.
+create or replace function pgdurable.wait_run(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_key text, p_target uuid
+) returns table (finished boolean, status text, output jsonb, error jsonb)
+language plpgsql as $$
+declare
+    v_t pgdurable.runs%rowtype;
+    v_now timestamptz := pgdurable.now();
+begin
+    select * into v_t from pgdurable.runs r where r.id = p_target for share;
+    perform pgdurable._fence(p_run_id, p_attempt);
+    if v_t.id is null then
+        raise exception 'run % does not exist', p_target using errcode = 'PD001';
+    end if;
+    if v_t.status in ('completed', 'failed', 'cancelled') then
+        insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                           run_attempt, started_at, completed_at)
+        values (p_run_id, p_key, p_seq, 'result', v_t.workflow_name,
+                jsonb_build_object('run_id', v_t.id, 'status', v_t.status, 'output', v_t.output),
+                case when v_t.status = 'completed' then null else v_t.error end,
+                p_attempt, v_now, v_now);
+        return query select true, v_t.status, v_t.output, v_t.error;
+        return;
+    end if;
+    perform pgdurable._suspend_waiting(p_run_id, 'run:' || p_target, null, p_seq, p_key, 'result',
+                                       v_t.workflow_name);
+    if v_t.status = 'pending' then
+        -- our share lock made concurrent claims skip the target: tell the workers to look again
+        perform pg_notify('pgdurable_wake', v_t.queue_name);
+    end if;
+    return query select false, v_t.status, null::jsonb, null::jsonb;
+end $$;
+
+-- Called by the SDK while a failed or cancelled run executes its compensations: like
+-- record_checkpoint, fenced by attempt, but allowed on a run whose cancel was requested.
+create or replace function pgdurable.record_compensation(
+    p_run_id uuid, p_attempt integer, p_seq integer, p_step_key text, p_step_name text,
+    p_output jsonb, p_error jsonb default null, p_attempts integer default 1
+) returns void
+language plpgsql as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    perform 1 from pgdurable.runs
+     where id = p_run_id and attempt = p_attempt and status = 'running' for share;
+    if not found then
+        raise exception 'lease lost on run % (attempt %)', p_run_id, p_attempt using errcode = 'PD002';
+    end if;
+    insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
+                                       attempts, run_attempt, started_at, completed_at)
+    values (p_run_id, p_step_key, p_seq, 'step', p_step_name, p_output, p_error, p_attempts,
+            p_attempt, v_now, v_now);
+end $$;
+
+-- A view of every run with its progress, for dashboards and psql.
+create or replace view pgdurable.run_overview as
+select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.attempt, r.recoveries,
+       r.worker_id, r.created_at, r.started_at, r.finished_at,
+       (select count(*) from pgdurable.checkpoints k where k.run_id = r.id) as checkpoints,
+       t.fire_at as wakes_at, r.wait_for, r.note, r.error ->> 'type' as error_type,
+       r.error ->> 'message' as error_message
+  from pgdurable.runs r
+  left join pgdurable.timers t on t.run_id = r.id;
+
+insert into pgdurable.schema_version (version) values (1) on conflict do nothing;

@@ -1,2 +1,0 @@
--- Migrations: NNNN_slug.sql files that upgrade a released schema version to the next.
--- None yet: version 1 is the first release of sql/schema.sql.
