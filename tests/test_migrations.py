@@ -231,11 +231,12 @@ def test_live_runs_of_every_state_finish_after_an_upgrade(empty_db: str) -> None
 
     ran: list[str] = []
     app = build_app(dsn, ran)
+    # the old worker vanishes: its lease lapses; sleepers wake; the event arrives. (The clock
+    # moves before the new worker starts, or it would expire that worker's own fresh leases.)
+    query(dsn, "select pgdurable.shift_clock('2 minutes')")
+    app.emit_event("mig.approved", {"by": "ann"})
     try:
         with running_worker(app, poll_interval=0.1):
-            # the old worker vanishes: its lease lapses; sleepers wake; the event arrives
-            query(dsn, "select pgdurable.shift_clock('2 minutes')")
-            app.emit_event("mig.approved", {"by": "ann"})
             expected = {
                 "pending": "one",
                 "running": ["one", "two"],
