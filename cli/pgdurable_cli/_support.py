@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
+import logging
+import math
 import os
 import re
 import sys
@@ -11,16 +14,20 @@ import traceback
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 import pgdurable
-from pgdurable._app import call_sql
+from pgdurable._app import run_key
+from pgdurable._db import call_sql
 from pgdurable._errors import PgDurableError, RunNotFound
 from pgdurable._queries import Q
 from pgdurable._schema import check_schema, init_schema
+
+from ._output import safe
 
 
 class NotFound(click.ClickException):
@@ -39,7 +46,42 @@ def describe_dsn(dsn: str) -> str:
     port = parts.get("port") or os.environ.get("PGPORT") or "5432"
     user = str(parts.get("user") or os.environ.get("PGUSER") or "")
     dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user
-    return f"{user + '@' if user else ''}{host}:{port}/{dbname}"
+    return safe(hide_password(f"{user + '@' if user else ''}{host}:{port}/{dbname}", dsn))
+
+
+# The password of a URI (up to the last @ of its authority) and of key=value or ?query pairs.
+_URI_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^/?#]*@")
+_PAIR_PASSWORD = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'"]*)""", re.I)
+
+
+def _passwords(dsn: str) -> list[str]:
+    """What of the DSN may be (part of) its password and may show in an error message.
+
+    libpq quotes no password of a DSN it parsed, only a host name, which an unescaped @ in a
+    URI password turns into ("u:pw@rd@db" is host "rd@db"). A DSN that does not parse may be
+    quoted whole: then every password-like part of it counts.
+    """
+    try:
+        host = str(conninfo_to_dict(dsn).get("host") or "")
+    except psycopg.ProgrammingError:
+        uri = re.search(r"://[^:/?#@\s]*:([^/?#]*)@", dsn)
+        found = [uri.group(1), unquote(uri.group(1))] if uri else []
+        found += [m.group(2).strip("'") for m in _PAIR_PASSWORD.finditer(dsn)]
+    else:
+        stray = host.rpartition("@")[0]
+        found = [stray, *stray.split("@")]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def hide_password(text: str, dsn: str) -> str:
+    """``text`` (an error message, say) with the DSN's password masked wherever it shows."""
+    text = _URI_PASSWORD.sub(r"\1***@", text)
+    text = _PAIR_PASSWORD.sub(r"\1***", text)
+    for secret in _passwords(dsn):
+        # A very short password is masked where the patterns find it, not in every word.
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def resolve_dsn(dsn: str | None, *, auto_init: bool = True) -> str:
@@ -61,18 +103,40 @@ def resolve_dsn(dsn: str | None, *, auto_init: bool = True) -> str:
     return found
 
 
+def embedded_warning(app: pgdurable.App) -> str | None:
+    """What a worker must say before it falls back to the embedded development database, or
+    None when it was given a database (--dsn, the App's dsn=, or $PGDURABLE_DSN)."""
+    if app._dsn is not None:
+        return None
+    from pgdurable._embedded import data_dir
+
+    return (
+        "no database given (no --dsn, no dsn= on the App, no $PGDURABLE_DSN): this worker uses "
+        f"the embedded DEVELOPMENT database in {data_dir()}, private to this machine. "
+        "Production workers must pass --dsn or set PGDURABLE_DSN"
+    )
+
+
+def warn_loudly(logger: logging.Logger, message: str) -> None:
+    """A warning that shows even when the log level hides warnings."""
+    if logger.isEnabledFor(logging.WARNING):
+        logger.warning(message)
+    else:
+        click.echo(f"WARNING: {message}", err=True)
+
+
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """An autocommit connection, or a ClickException that names the server tried."""
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.ProgrammingError as exc:
         raise click.UsageError(
-            f"invalid DSN: {_first_line(exc)}. Give a URI like "
+            f"invalid DSN: {reason(exc, dsn)}. Give a URI like "
             "postgresql://user@host:5432/dbname or key=value pairs"
         ) from exc
     except psycopg.OperationalError as exc:
         raise click.ClickException(
-            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_first_line(exc)}. "
+            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason(exc, dsn)}. "
             "Check that the server is up and the DSN (--dsn or $PGDURABLE_DSN) is right"
         ) from exc
 
@@ -83,17 +147,17 @@ def errors(dsn: str) -> Iterator[None]:
     try:
         yield
     except RunNotFound as exc:
-        raise NotFound(f"{exc}. List runs with `pgdurable runs`") from exc
+        raise NotFound(f"{reason(exc, dsn)}. List runs with `pgdurable runs`") from exc
     except (PgDurableError, PermissionError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(safe(hide_password(str(exc), dsn))) from exc
     except psycopg.OperationalError as exc:
         raise click.ClickException(
-            f"lost the connection to PostgreSQL at {describe_dsn(dsn)}: {_first_line(exc)}. "
+            f"lost the connection to PostgreSQL at {describe_dsn(dsn)}: {reason(exc, dsn)}. "
             "Run the command again once the server is reachable"
         ) from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise click.ClickException(
-            f"permission denied on {describe_dsn(dsn)}: {_first_line(exc)}. Use a role that "
+            f"permission denied on {describe_dsn(dsn)}: {reason(exc, dsn)}. Use a role that "
             "owns the pgdurable schema or has been granted access to it"
         ) from exc
 
@@ -109,9 +173,11 @@ def session(dsn: str | None) -> Iterator[psycopg.Connection[Any]]:
 
 def find_run(conn: psycopg.Connection[Any], key: str) -> tuple[Any, str, str]:
     """(run id, workflow_id, workflow_name) of a run named by its id or its workflow_id."""
-    row = conn.execute(Q["run_by_workflow_id"], {"key": key}).fetchone()
+    row = conn.execute(Q["run_by_workflow_id"], run_key(key)).fetchone()
     if row is None:
-        raise NotFound(f"no run has id or workflow_id {key!r}. List runs with `pgdurable runs`")
+        raise NotFound(
+            f"no run has id or workflow_id {safe(repr(key))}. List runs with `pgdurable runs`"
+        )
     return row[0], row[1], row[2]
 
 
@@ -121,19 +187,22 @@ def call(conn: psycopg.Connection[Any], name: str, params: Sequence[Any]) -> Any
     return None if row is None else row[0]
 
 
-def _first_line(exc: BaseException) -> str:
+def reason(exc: BaseException, dsn: str) -> str:
+    """The first line of an error, safe to print: no password, no control character."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return safe(hide_password(first, dsn))
 
 
-# --- durations -------------------------------------------------------------------------------
+# --- numbers -------------------------------------------------------------------------------------
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw])")
+MAX_DURATION = timedelta(days=36500)  # 100 years: far beyond any retention, far inside PG's range
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
-    """30s, 15m, 12h, 7d, 2w, or a sum of them such as 1d12h."""
+    """30s, 15m, 12h, 7d, 2w, or a sum of them such as 1d12h; at most 100 years (36500d)."""
 
     name = "duration"
 
@@ -148,7 +217,26 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
                 param,
                 ctx,
             )
-        return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(text)))
+        limit = int(MAX_DURATION.total_seconds())
+        parts = _DURATION.findall(text)
+        # Digits are counted before int() so a 5,000-digit number is not even converted.
+        if any(len(n.lstrip("0")) > 12 for n, _ in parts) or (
+            sum(int(n) * _UNITS[u] for n, u in parts) > limit
+        ):
+            self.fail(
+                f"{value!r} is longer than the maximum duration, 36500d (100 years)", param, ctx
+            )
+        return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds within the range (FloatRange alone lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
 
 
 def format_duration(value: timedelta) -> str:
@@ -166,18 +254,52 @@ def format_duration(value: timedelta) -> str:
 
 
 def load_app(spec: str) -> pgdurable.App:
-    """The App named by MODULE:ATTR; ATTR may be a callable that returns one."""
+    """The App named by MODULE:ATTR; ATTR may be a function or class that returns one."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise click.UsageError(
             f"{spec!r} is not MODULE:ATTR: name the module and the App in it, "
             "e.g. `pgdurable worker myproject.tasks:app`"
         )
+    module = _import(module_name)
+    apps = sorted(n for n, v in vars(module).items() if isinstance(v, pgdurable.App))
+    try:
+        target = getattr(module, attr)
+    except AttributeError as exc:
+        hint = f": it has {', '.join(apps)}" if apps else ""
+        raise click.UsageError(
+            f"module {module_name!r} has no attribute {attr!r}{hint}. "
+            "Name the pgdurable.App as MODULE:ATTR"
+        ) from exc
+    if isinstance(target, pgdurable.App):
+        return target
+    have = _apps_hint(module_name, apps)
+    _refuse_pgdurable_object(spec, target, have)
+    if inspect.isfunction(target) or inspect.isclass(target):
+        target = _call_factory(spec, target, have)
+    if not isinstance(target, pgdurable.App):
+        raise click.UsageError(
+            f"{spec} is a {type(target).__name__}, not a pgdurable.App (nor a function or "
+            f"class returning one). {have}"
+        )
+    return target
+
+
+def _apps_hint(module_name: str, apps: list[str]) -> str:
+    if not apps:
+        return f"Module {module_name!r} has no pgdurable.App at module level"
+    return (
+        f"Module {module_name!r} has the App{'s' if len(apps) > 1 else ''} {', '.join(apps)}: "
+        f"`pgdurable worker {module_name}:{apps[0]}`"
+    )
+
+
+def _import(module_name: str) -> Any:
     # Like other Python runners, import from the directory the command is run in.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise click.UsageError(
@@ -193,30 +315,43 @@ def load_app(spec: str) -> pgdurable.App:
         raise click.ClickException(
             f"importing module {module_name!r} raised {type(exc).__name__}: {exc} (traceback above)"
         ) from exc
+
+
+_KINDS = {"WorkflowCall": "workflow with options", "RunHandle": "run handle"}
+
+
+def _refuse_pgdurable_object(spec: str, target: Any, have: str) -> None:
+    """A workflow, step or transaction named instead of the App is a typo, never a factory:
+    calling one would run its body (a real run, or a side effect) before any check."""
+    owner = target if inspect.isclass(target) else type(target)
+    if getattr(owner, "__module__", "").partition(".")[0] != "pgdurable":
+        return
+    if inspect.isclass(target):
+        what = f"the class pgdurable.{owner.__name__}"
+    else:
+        name = getattr(target, "name", None)
+        kind = _KINDS.get(owner.__name__, owner.__name__.lower())
+        what = f"a pgdurable {kind}" + (f" ({name!r})" if isinstance(name, str) else "")
+    raise click.UsageError(f"{spec} is {what}, not a pgdurable.App. {have}")
+
+
+def _call_factory(spec: str, factory: Any, have: str) -> Any:
     try:
-        target = getattr(module, attr)
-    except AttributeError as exc:
-        apps = sorted(n for n, v in vars(module).items() if isinstance(v, pgdurable.App))
-        hint = f": it has {', '.join(apps)}" if apps else ""
+        inspect.signature(factory).bind()
+    except TypeError:
         raise click.UsageError(
-            f"module {module_name!r} has no attribute {attr!r}{hint}. "
-            "Name the pgdurable.App as MODULE:ATTR"
+            f"{spec} takes arguments, so it is not an App factory (those are called with "
+            f"none). {have}"
+        ) from None
+    except ValueError:
+        pass  # no signature to inspect (some builtins): let the call decide
+    try:
+        return factory()
+    except Exception as exc:
+        _echo_traceback()
+        raise click.ClickException(
+            f"calling {spec} to get the App raised {type(exc).__name__}: {exc} (traceback above)"
         ) from exc
-    if not isinstance(target, pgdurable.App) and callable(target):
-        try:
-            target = target()
-        except Exception as exc:
-            _echo_traceback()
-            raise click.ClickException(
-                f"calling {spec} to get the App raised {type(exc).__name__}: {exc} "
-                "(traceback above)"
-            ) from exc
-    if not isinstance(target, pgdurable.App):
-        raise click.UsageError(
-            f"{spec} is a {type(target).__name__}, not a pgdurable.App (nor a callable "
-            "returning one)"
-        )
-    return target
 
 
 def _echo_traceback() -> None:

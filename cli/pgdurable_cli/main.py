@@ -14,24 +14,33 @@ import pgdurable
 from pgdurable._queries import Q
 from pgdurable._schema import SCHEMA_VERSION, check_schema, init_schema
 
-from ._output import cell, echo_fields, echo_json, echo_table, rows_as_dicts
+from ._logging import configure as configure_logging
+from ._output import cell, echo_fields, echo_json, echo_table, echo_text, rows_as_dicts
 from ._support import (
     Duration,
+    Seconds,
     call,
     connect,
     describe_dsn,
+    embedded_warning,
     errors,
     find_run,
     format_duration,
     load_app,
     resolve_dsn,
     session,
+    warn_loudly,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
 FINISHED = frozenset(STATUSES[4:])
+# Upper bounds of numeric options: far above any sensible use, far below what would overflow
+# an SQL integer or a thread pool.
+MAX_CONCURRENCY = 1000
+MAX_LIMIT = 1_000_000
+MAX_POLL_INTERVAL = 3600.0
 
 
 def dsn_option(fn: F) -> F:
@@ -104,7 +113,7 @@ def check(dsn: str | None) -> None:
 @click.option(
     "--concurrency",
     "-c",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_CONCURRENCY),
     default=8,
     show_default=True,
     help="Runs executed at the same time.",
@@ -119,7 +128,7 @@ def check(dsn: str | None) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True, max=MAX_POLL_INTERVAL),
     default=1.0,
     show_default=True,
     help="Seconds between claims when no notification arrives.",
@@ -130,6 +139,13 @@ def check(dsn: str | None) -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with the run fields of each record.",
+)
 def worker(
     app_spec: str,
     dsn: str | None,
@@ -137,18 +153,16 @@ def worker(
     queues: tuple[str, ...],
     poll_interval: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run workflows of the App MODULE:ATTR until SIGTERM or SIGINT.
 
-    ATTR is a pgdurable.App or a callable returning one. On the first signal the worker stops
-    claiming and hands its current runs back at their next durable operation; a second signal
-    exits at once.
+    ATTR is a pgdurable.App, or a function or class returning one (a workflow or step named by
+    mistake is refused, never called). On the first signal the worker stops claiming and hands
+    its current runs back at their next durable operation; a second signal exits at once.
     """
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, log_format)
+    log = logging.getLogger("pgdurable.worker")
     app = load_app(app_spec)
     if dsn:
         if app._pool is not None:
@@ -158,6 +172,9 @@ def worker(
             )
         # The App resolves its DSN lazily; --dsn takes the place of what it was given.
         app._dsn = dsn
+    warning = embedded_warning(app)
+    if warning:
+        warn_loudly(log, warning)
     try:
         url = app.dsn
     except RuntimeError as exc:
@@ -170,10 +187,8 @@ def worker(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
         if not app.workflows:
-            logging.getLogger("pgdurable.worker").warning(
-                "%s registers no workflows: this worker can only hand runs back", app_spec
-            )
-        logging.getLogger("pgdurable.worker").info(
+            log.warning("%s registers no workflows: this worker can only hand runs back", app_spec)
+        log.info(
             "worker %s on %s: queues %s, concurrency %s, workflows %s",
             app.worker_id,
             describe_dsn(url),
@@ -209,7 +224,7 @@ def _info(run: dict[str, Any]) -> str:
 @click.option("--queue", metavar="NAME", help="Only runs of this queue.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_LIMIT),
     default=50,
     show_default=True,
     help="At most this many runs.",
@@ -304,9 +319,9 @@ def show(run: str, dsn: str | None, as_json: bool) -> None:
     )
     error = info["error"]
     if isinstance(error, dict):
-        click.echo(f"\nerror: {error.get('type') or 'Error'}: {error.get('message') or ''}")
+        click.echo(f"\nerror: {cell(error.get('type') or 'Error')}: {cell(error.get('message'))}")
         if error.get("traceback"):
-            click.echo(str(error["traceback"]).rstrip())
+            echo_text(str(error["traceback"]).rstrip())
     click.echo(f"\ncheckpoints ({len(steps)}):")
     if steps:
         echo_table(
@@ -337,7 +352,7 @@ def cancel(run: str, dsn: str | None) -> None:
         # cancel_run answers a finished run with its status, 'cancelled' included: read it first
         before = call(conn, "run_state", (run_id,))
         outcome = call(conn, "cancel_run", (run_id,))
-    name = f"run {run_id} ({workflow_id})" if workflow_id != str(run_id) else f"run {run_id}"
+    name = _run_name(run_id, workflow_id)
     if before in FINISHED:
         click.echo(f"{name} had already finished ({before}): nothing to cancel")
     elif outcome == "cancelled":
@@ -351,11 +366,15 @@ def cancel(run: str, dsn: str | None) -> None:
         click.echo(f"{name} finished ({outcome}) before it could be cancelled")
 
 
+def _run_name(run_id: Any, workflow_id: str) -> str:
+    return f"run {run_id}" if workflow_id == str(run_id) else f"run {run_id} ({cell(workflow_id)})"
+
+
 def _restart(run: str, dsn: str | None, query: str, verb: str) -> None:
     with session(dsn) as conn:
         run_id, workflow_id, _ = find_run(conn, run)
         call(conn, query, (run_id,))
-    name = f"run {run_id} ({workflow_id})" if workflow_id != str(run_id) else f"run {run_id}"
+    name = _run_name(run_id, workflow_id)
     click.echo(f"{verb} {name}: pending again, it replays its checkpoints and goes on")
 
 
@@ -382,28 +401,50 @@ def retry(run: str, dsn: str | None) -> None:
     type=Duration(),
     required=True,
     metavar="DURATION",
-    help="Delete finished runs that ended longer ago than this: 30s, 15m, 12h, 7d, 2w.",
+    help="Delete finished runs that ended longer ago than this: 30s, 15m, 12h, 7d, 2w "
+    "(at most 36500d).",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_LIMIT),
     default=10000,
     show_default=True,
     help="Runs deleted per transaction.",
 )
-def gc(dsn: str | None, older_than: timedelta, batch_size: int) -> None:
-    """Delete finished runs (completed, failed, cancelled) and their history."""
+@click.option("--dry-run", is_flag=True, help="Only print how many runs would be deleted.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (asked only on a terminal)."
+)
+def gc(dsn: str | None, older_than: timedelta, batch_size: int, dry_run: bool, yes: bool) -> None:
+    """Delete finished runs (completed, failed, cancelled) and their history.
+
+    A run whose parent has not finished is kept. On a terminal gc first says how many runs it
+    will delete and asks; --yes skips the question, and scripts (stdin not a terminal) are
+    never asked.
+    """
+    age = format_duration(older_than)
     total = 0
     with session(dsn) as conn:
+        if dry_run or (not yes and sys.stdin.isatty()):
+            count = int(call(conn, "cli_gc_count", (older_than,)) or 0)
+            if dry_run:
+                click.echo(f"would delete {_runs(count)} that finished more than {age} ago")
+                return
+            if count:
+                click.confirm(
+                    f"delete {_runs(count)} that finished more than {age} ago, with their history?",
+                    abort=True,
+                )
         while True:
             deleted = int(call(conn, "cli_gc_runs", (older_than, batch_size)) or 0)
             total += deleted
             if deleted < batch_size:
                 break
-    click.echo(
-        f"deleted {total} run{'s' if total != 1 else ''} that finished more than "
-        f"{format_duration(older_than)} ago"
-    )
+    click.echo(f"deleted {_runs(total)} that finished more than {age} ago")
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'s' if count != 1 else ''}"
 
 
 if __name__ == "__main__":
