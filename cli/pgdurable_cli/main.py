@@ -425,7 +425,7 @@ def gc(dsn: str | None, older_than: timedelta, batch_size: int, dry_run: bool, y
     age = format_duration(older_than)
     total = 0
     with session(dsn) as conn:
-        if dry_run or (not yes and sys.stdin.isatty()):
+        if dry_run or (not yes and sys.stdin is not None and sys.stdin.isatty()):
             count = int(call(conn, "cli_gc_count", (older_than,)) or 0)
             if dry_run:
                 click.echo(f"would delete {_runs(count)} that finished more than {age} ago")
