@@ -31,6 +31,7 @@ from ._errors import (
     WorkflowIdConflict,
 )
 from ._handle import RunHandle
+from ._remote_errors import register_error
 from ._retry import Retry
 from ._schema import SCHEMA_VERSION, schema_sql
 from ._steps import now, random, sleep, sleep_until, uuid4
@@ -106,6 +107,7 @@ __all__ = [
     "patched",
     "random",
     "recv",
+    "register_error",
     "schema_sql",
     "sleep",
     "sleep_until",

@@ -76,9 +76,10 @@ class _RateLimitedPoolLog(logging.Filter):
     """Lets one line through per change of message, then a reminder every ``every`` seconds:
     a pool retrying a down server must not print the same warning many times a second."""
 
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.every = every
+        self._clock = clock
         self._last: tuple[str, float, int] | None = None
         self._lock = threading.Lock()
 
@@ -86,7 +87,7 @@ class _RateLimitedPoolLog(logging.Filter):
         if record.levelno < logging.WARNING:
             return True
         text = record.getMessage()
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if self._last is None or self._last[0] != text:
                 self._last = (text, now, 0)

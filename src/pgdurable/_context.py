@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import builtins
 import contextvars
-import importlib
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from ._errors import Cancelled, NonDeterminismError, NotInWorkflow, StepFailed
+from ._errors import Cancelled, NonDeterminismError, NotInWorkflow
 
 if TYPE_CHECKING:
     import psycopg
@@ -113,20 +111,3 @@ def require(what: str) -> RunContext:
             "@app.workflow() and run by pgdurable); outside one there is no run to record it in"
         )
     return ctx
-
-
-def replay_error(error: dict[str, Any]) -> BaseException:
-    """Rebuild a recorded step error: the original type when importable, else StepFailed."""
-    type_name = str(error.get("type") or "Exception")
-    message = str(error.get("message") or "")
-    module, _, qualname = type_name.rpartition(".")
-    try:
-        cls: Any = importlib.import_module(module) if module else builtins
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            return cls(message)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        # Not importable here, or its constructor wants more than a message.
-        return StepFailed(type_name, message)
-    return StepFailed(type_name, message)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import _codec
-from ._context import Record, RunContext, Suspended, replay_error, require
+from ._context import Record, RunContext, Suspended, require
 from ._db import call_sql, describe, is_connection_error
 from ._durations import seconds
 from ._errors import Cancelled, LeaseLost, NonRetryableError, SerializationError
+from ._remote_errors import replay_error
 from ._retry import Retry
 
 if TYPE_CHECKING:
