@@ -158,11 +158,14 @@ listen pgdurable_wake;
 listen pgdurable_done;
 
 -- name: cli_list_runs
--- `pgdurable runs`: runs newest first, each filter applied only when given.
+-- `pgdurable runs`: runs newest first, each filter applied only when given; a pending run no
+-- live worker serves says why.
 select id, workflow_id, workflow_name, queue_name, status, attempt, recoveries, worker_id,
        created_at, started_at, finished_at, checkpoints, wakes_at, wait_for, note,
-       error_type, error_message
-  from pgdurable.run_overview
+       error_type, error_message,
+       case when status = 'pending' then
+           (select u.reason from pgdurable.unserved_runs u where u.id = o.id) end as unserved
+  from pgdurable.run_overview o
  where (%(status)s::text is null or status = %(status)s::text)
    and (%(workflow)s::text is null or workflow_name = %(workflow)s::text)
    and (%(queue)s::text is null or queue_name = %(queue)s::text)

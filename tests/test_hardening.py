@@ -536,3 +536,25 @@ def test_repeated_pool_warnings_are_rate_limited() -> None:
     assert limiter.filter(record("pool is healthy")) and not limiter.filter(
         record("pool is healthy")
     )
+
+
+def test_runs_lists_why_a_pending_run_has_no_worker(app: pgdurable.App) -> None:
+    from click.testing import CliRunner
+
+    from pgdurable_cli.main import cli
+
+    @app.workflow(name="h.served", queue="elsewhere")
+    def served() -> str:
+        return "ok"
+
+    typo = app.start("h.srved", allow_unregistered=True)
+    other_queue = served.start()
+    with running_worker(app, queues=["default"]):
+        listing = CliRunner().invoke(cli, ["runs", "--dsn", app.dsn, "--json"])
+        reasons = {r["id"]: r["unserved"] for r in json.loads(listing.output)}
+        table = CliRunner().invoke(cli, ["runs", "--dsn", app.dsn]).output
+    assert reasons[str(typo.run_id)] == "no worker has registered workflow h.srved"
+    assert reasons[str(other_queue.run_id)] == (
+        "no live worker serves workflow h.served on queue elsewhere"
+    )
+    assert "no worker has registered workflow h.srved" in table

@@ -214,6 +214,8 @@ def _info(run: dict[str, Any]) -> str:
         return f"waiting for {run['wait_for']}{until}"
     if run["status"] == "sleeping" and run["wakes_at"]:
         return f"wakes {cell(run['wakes_at'])}"
+    if run.get("unserved"):
+        return str(run["unserved"])
     return run["note"] or ""
 
 
