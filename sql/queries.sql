@@ -145,8 +145,9 @@ select id, workflow_id, workflow_name from (
 select status, output::text, error::text from pgdurable.runs where id = %s;
 
 -- name: run_steps
--- A run's checkpoints in order.
-select seq, step_key, kind, step_name, output, error, attempts, run_attempt, started_at, completed_at
+-- A run's checkpoints in order (JSON as text, decoded with limits).
+select seq, step_key, kind, step_name, output::text as output, error::text as error, attempts,
+       run_attempt, started_at, completed_at
   from pgdurable.checkpoints where run_id = %s order by seq;
 
 -- name: listen_wake
@@ -178,7 +179,8 @@ select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.priority,
        r.recoveries, r.max_recoveries, r.worker_id, r.lease_expires_at, r.available_at,
        r.parent_id, r.deadline_at, r.cancel_requested, r.wait_for, r.note, r.created_at,
        r.started_at, r.updated_at, r.finished_at, t.fire_at as wakes_at,
-       t.reason as wake_reason, r.input, r.output, r.error
+       t.reason as wake_reason, r.input::text as input, r.output::text as output,
+       r.error::text as error
   from pgdurable.runs r
   left join pgdurable.timers t on t.run_id = r.id
  where r.id = %s;

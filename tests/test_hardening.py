@@ -558,3 +558,38 @@ def test_runs_lists_why_a_pending_run_has_no_worker(app: pgdurable.App) -> None:
         "no live worker serves workflow h.served on queue elsewhere"
     )
     assert "no worker has registered workflow h.srved" in table
+
+
+def test_start_by_name_uses_the_workflows_queue(dsn: str) -> None:
+    with pgdurable.App(dsn) as worker_app, pgdurable.App(dsn) as web:
+
+        @worker_app.workflow(name="h.mail", queue="mail")
+        def mail() -> str:
+            return "sent"
+
+        by_definer = worker_app.start("h.mail")
+        with running_worker(worker_app):
+            by_web = web.start("h.mail")  # this App does not define it; the registry does
+            assert by_web.result(timeout=10) == "sent"
+            assert by_definer.result(timeout=10) == "sent"
+    assert query(dsn, "select distinct queue_name from pgdurable.runs") == [("mail",)]
+
+
+def test_show_and_steps_survive_a_value_over_the_limits(dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from pgdurable_cli.main import cli
+
+    nested = "[" * 5000 + "]" * 5000
+    run = insert_run(dsn, "h.deep", '{"args": []}')
+    query(
+        dsn,
+        "insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output,"
+        " run_attempt, completed_at) values (%s, 's', 0, 'step', 's', %s::jsonb, 1, now())",
+        (run, nested),
+    )
+    shown = CliRunner().invoke(cli, ["show", str(run), "--dsn", dsn])
+    assert shown.exit_code == 0, shown.output
+    assert "not decoded" in shown.output
+    with pgdurable.App(dsn) as app, pytest.raises(pgdurable.SerializationError, match="nested"):
+        app.handle(run).steps()

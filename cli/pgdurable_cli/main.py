@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 import pgdurable
+from pgdurable import _codec
 from pgdurable._queries import Q
 from pgdurable._schema import SCHEMA_VERSION, check_schema, init_schema
 
@@ -269,6 +270,19 @@ def runs(
     )
 
 
+def _decoded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON columns (read as text) decoded with the default limits; a value over them is shown
+    as its text, so no stored value can make `show` crash."""
+    for row in rows:
+        for key in ("input", "output", "error"):
+            if isinstance(row.get(key), str):
+                try:
+                    row[key] = _codec.loads(row[key], key)
+                except pgdurable.SerializationError:
+                    row[key] = f"<not decoded: {len(row[key])} characters over the JSON limits>"
+    return rows
+
+
 @cli.command()
 @click.argument("run")
 @dsn_option
@@ -277,8 +291,8 @@ def show(run: str, dsn: str | None, as_json: bool) -> None:
     """Show RUN (its id or workflow_id): fields, error and checkpoints."""
     with session(dsn) as conn:
         run_id, _, _ = find_run(conn, run)
-        fields = rows_as_dicts(conn.execute(Q["cli_show_run"], (run_id,)))
-        steps = rows_as_dicts(conn.execute(Q["run_steps"], (run_id,)))
+        fields = _decoded(rows_as_dicts(conn.execute(Q["cli_show_run"], (run_id,))))
+        steps = _decoded(rows_as_dicts(conn.execute(Q["run_steps"], (run_id,))))
     if not fields:
         raise click.ClickException(f"run {run_id} was deleted while it was being read")
     info = fields[0]

@@ -354,8 +354,9 @@ class App:
         """Start a run by workflow name. A name neither this App nor any worker has registered
         is refused (a typo would otherwise wait forever) unless ``allow_unregistered``."""
         opts = _Options(**options)
-        opts.require_registered = workflow_name not in self.workflows and not allow_unregistered
-        return _start(self, workflow_name, tuple(args), kwargs or {}, opts, conn)
+        wf = self.workflows.get(workflow_name)
+        opts.require_registered = wf is None and not allow_unregistered
+        return _start(self, workflow_name, tuple(args), kwargs or {}, opts, conn, wf)
 
 
 def run_key(key: str | uuid.UUID) -> dict[str, Any]:
@@ -421,8 +422,11 @@ class _Options:
         self.parent_id = parent_id
         self.require_registered = False
 
-    def to_json(self, default_queue: str, default_recoveries: int | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"queue": self.queue or default_queue}
+    def to_json(self, default_queue: str | None, default_recoveries: int | None) -> dict[str, Any]:
+        # no queue at all: start_run uses the one the workflow's workers registered
+        out: dict[str, Any] = {}
+        if self.queue or default_queue:
+            out["queue"] = self.queue or default_queue
         if self.workflow_id is not None:
             out["workflow_id"] = str(self.workflow_id)
         for key in ("priority", "delay", "on_conflict", "timeout", "parent_id"):
@@ -447,7 +451,7 @@ def _start(
     wf: Workflow[Any, Any] | None = None,
 ) -> RunHandle[Any]:
     payload = _codec.encode_input(args, kwargs, app.limits)
-    options = Jsonb(opts.to_json(wf.queue if wf else "default", wf.max_recoveries if wf else None))
+    options = Jsonb(opts.to_json(wf.queue if wf else None, wf.max_recoveries if wf else None))
     if conn is not None:
         run_id = call_sql(conn, "start_run", (name, payload, options)).fetchone()[0]
     else:

@@ -114,7 +114,12 @@ class RunHandle(Generic[R]):
         with self.app.pool.connection() as conn:
             cur = conn.execute(Q["run_steps"], (self.run_id,))
             cols = [c.name for c in cur.description or ()]
-            return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
+            steps = [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
+        for step in steps:
+            for field in ("output", "error"):
+                what = f"{field} of checkpoint {step['step_key']!r} of run {self.run_id}"
+                step[field] = _codec.loads(step[field], what, self.app.limits)
+        return steps
 
 
 def _read(conn: Any, run_id: UUID, app: App) -> tuple[str, Any, Any]:
