@@ -572,6 +572,11 @@ def test_claim_runs_itself_scans_pending_runs_on_their_index_without_sorting(
         "select id from pgdurable.claim_runs(p_worker_id => 'w', p_queues => %s, "
         "p_limit => 10, p_workflows => %s)"
     )
+    if not _has_auto_explain(conn):
+        # A server without the contrib modules (the embedded pgserver): the statistics
+        # counters of this transaction prove the same on the function itself.
+        _assert_claims_read_only_heads(conn, call, ([queue], workflows), pending)
+        return
     for mode in ("force_generic_plan", "force_custom_plan"):
         conn.execute("select set_config('plan_cache_mode', %s, true)", (mode,))
         plans = _executed_plans(conn, call, ([queue], workflows))
@@ -589,6 +594,62 @@ def test_claim_runs_itself_scans_pending_runs_on_their_index_without_sorting(
                 assert not (n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "runs"), (
                     f"{mode}: a statement of claim_runs reads every run: {p}"
                 )
+
+
+def _has_auto_explain(conn: psycopg.Connection[Any]) -> bool:
+    conn.execute("savepoint probe")
+    try:
+        conn.execute("load 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        conn.execute("rollback to savepoint probe")
+        return False
+    conn.execute("release savepoint probe")
+    return True
+
+
+def _xact_reads(conn: psycopg.Connection[Any], indexes: set[str]) -> tuple[int, int, int]:
+    """(scans of ``indexes``, index entries they returned, sequential scans of runs) so far in
+    this transaction, from PostgreSQL's per-transaction statistics counters."""
+    row = conn.execute(
+        "select coalesce(sum(pg_stat_get_xact_numscans(c.oid)), 0),"
+        "       coalesce(sum(pg_stat_get_xact_tuples_returned(c.oid)), 0),"
+        "       (select seq_scan from pg_stat_xact_user_tables"
+        "         where relid = 'pgdurable.runs'::regclass)"
+        "  from pg_class c where c.relname = any(%s) and c.relnamespace = 'pgdurable'::regnamespace",
+        (sorted(indexes),),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2] or 0)
+
+
+def _assert_claims_read_only_heads(
+    conn: psycopg.Connection[Any], call: str, params: Any, pending: set[str]
+) -> None:
+    """claim_runs, executed (generic and custom plans), scans the pending index, reads about
+    as many entries as it claims (an unordered scan feeding a sort would read the whole
+    5,000-run backlog) and never scans the runs table sequentially."""
+    for mode in ("force_generic_plan", "force_custom_plan"):
+        conn.execute("select set_config('plan_cache_mode', %s, true)", (mode,))
+        scans, read, seq = _xact_reads(conn, pending)
+        claimed = conn.execute(call, params).fetchall()
+        scans2, read2, seq2 = _xact_reads(conn, pending)
+        assert len(claimed) == 10, claimed
+        assert scans2 > scans, f"{mode}: claim_runs did not scan {pending}"
+        assert read2 - read <= 50, f"{mode}: read {read2 - read} index entries to claim 10"
+        assert seq2 == seq, f"{mode}: claim_runs scanned pgdurable.runs sequentially"
+
+
+def test_claim_runs_reads_only_the_heads_of_its_backlog(conn: psycopg.Connection[Any]) -> None:
+    """The same property as the plan test, on any server (no auto_explain needed): measured by
+    the statistics counters while claim_runs itself runs."""
+    queue = f"plan-{uuid.uuid4().hex[:8]}"
+    _seed_claim_backlog(conn, queue)
+    pending = _pending_indexes(conn)
+    call = (
+        "select id from pgdurable.claim_runs(p_worker_id => 'w', p_queues => %s, "
+        "p_limit => 10, p_workflows => %s)"
+    )
+    _assert_claims_read_only_heads(conn, call, ([queue], ["plan.flow", "plan.other"]), pending)
 
 
 # --- maintenance while every slot is busy --------------------------------------------------------

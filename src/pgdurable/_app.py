@@ -177,9 +177,21 @@ class App:
                         open=True,
                         # A connection the server dropped (restart, failover, idle timeout)
                         # is replaced at checkout instead of failing the caller's next call.
-                        check=ConnectionPool.check_connection,
+                        check=self._check_connection,
                     )
         return self._pool
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            # One dead idle connection means the server dropped them all (a restart): drop
+            # every dead one now, not one per checkout with the pool's growing backoff, which
+            # stalled an idle worker or a client for up to the 30 s pool timeout.
+            threading.Thread(
+                target=self.connection_lost, name="pgdurable-pool-check", daemon=True
+            ).start()
+            raise
 
     def connection_lost(self) -> None:
         """A connection broke: check every idle pooled connection now (dropping dead ones) at
