@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -72,6 +73,9 @@ def _reject_async(kind: str, fn: Callable[..., Any]) -> None:
         )
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
 class _RateLimitedPoolLog(logging.Filter):
     """Lets one line through per change of message, then a reminder every ``every`` seconds:
     a pool retrying a down server must not print the same warning many times a second."""
@@ -86,7 +90,8 @@ class _RateLimitedPoolLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        text = record.getMessage()
+        # "discarding broken connection: <... at 0x7f...>" differs only by address
+        text = _ADDRESS.sub("0x?", record.getMessage())
         now = self._clock()
         with self._lock:
             if self._last is None or self._last[0] != text:
@@ -224,7 +229,7 @@ class App:
     def close(self) -> None:
         self.leases.stop()
         if self._pool is not None:
-            self._pool.close()
+            self._pool.close(timeout=2.0)
             self._pool = None
 
     def __enter__(self) -> App:

@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdurable.worker")
 
+# The longest a claim waits for a pooled connection: past it the loop retries (and stays
+# responsive to stop()) instead of blocking up to the pool's 30 s while it reconnects.
+CLAIM_CHECKOUT_TIMEOUT = 3.0
+# A claimed run waits this long for its connection (heartbeated meanwhile), then its lease
+# is left to lapse: the database is down, and the run is taken back once it is up.
+RUN_CHECKOUT_TIMEOUT = 10.0
+
 # How often a worker tells the registry it is alive (pgdurable.workers.last_seen_at); the
 # unserved_runs view counts a worker as live for a minute after that.
 REGISTER_EVERY = 10.0
@@ -141,8 +148,10 @@ class Worker:
             log.warning("could not register worker %s: %s", self.app.worker_id, describe(exc))
 
     def _unregister(self) -> None:
+        # A connection of its own: the pool may be reconnecting after a restart, and a
+        # stopping worker must exit promptly.
         try:
-            with self.app.pool.connection(timeout=5) as conn:
+            with psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=2) as conn:
                 call_sql(conn, "unregister_worker", (self.app.worker_id,))
         except Exception as exc:  # best effort: the registry forgets silent workers anyway
             log.info("could not unregister worker %s: %s", self.app.worker_id, exc)
@@ -188,7 +197,7 @@ class Worker:
         workflows = sorted(self.app.workflows)
         if not workflows:
             return []
-        with self.app.pool.connection() as conn:
+        with self.app.pool.connection(timeout=CLAIM_CHECKOUT_TIMEOUT) as conn:
             rows: list[tuple[Any, ...]] = call_sql(
                 conn,
                 "claim_runs",
@@ -198,7 +207,7 @@ class Worker:
 
     def _execute(self, row: tuple[Any, ...], held: Held) -> str:
         try:
-            with self.app.pool.connection() as conn:
+            with self.app.pool.connection(timeout=RUN_CHECKOUT_TIMEOUT) as conn:
                 outcome, _ = execute(self.app, row, conn, self._stop, held)
         except psycopg.Error as exc:
             # No connection could be had: the lease lapses and the run is taken back (free of
