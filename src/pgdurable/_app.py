@@ -189,7 +189,7 @@ class App:
     def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
         try:
             ConnectionPool.check_connection(conn)
-        except Exception:
+        except Exception:  # re-raised below, after the pool check starts
             # One dead idle connection means the server dropped them all (a restart): drop
             # every dead one now, not one per checkout with the pool's growing backoff, which
             # stalled an idle worker or a client for up to the 30 s pool timeout.

@@ -217,7 +217,7 @@ def _fmt_key(key: str) -> str:
 def _safe_repr(obj: object) -> str:
     try:
         text = repr(obj)
-    except Exception:
+    except Exception:  # a user's __repr__ may raise anything
         return f"<{type(obj).__name__} whose repr() fails>"
     return text if len(text) <= 60 else text[:50] + "..."
 
@@ -567,7 +567,7 @@ def _safe_traceback(exc: BaseException, name: str, message: str) -> str:
             code = tb.tb_frame.f_code
             lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
             tb = tb.tb_next
-    except Exception:
+    except Exception:  # broken frames must not stop the error from being stored
         lines.append("  <frames unavailable>\n")
     lines.append(f"{name}: {message}\n")
     return "".join(lines)
@@ -594,7 +594,7 @@ def error_json(exc: BaseException, limits: Limits = DEFAULT_LIMITS) -> dict[str,
     if isinstance(exc, psycopg.Error):
         try:
             state = exc.sqlstate
-        except Exception:
+        except Exception:  # a subclass with a broken property: no SQLSTATE then
             state = None
         if isinstance(state, str) and len(state) == 5 and state.isalnum() and state.isascii():
             record["sqlstate"] = state

@@ -57,7 +57,7 @@ def _own(mapping: Any, key: str) -> Any:
     # metaclass hook with a string an attacker chose.
     try:
         return mapping.get(key)
-    except Exception:
+    except Exception:  # a hostile mapping: treat as absent
         return None
 
 
