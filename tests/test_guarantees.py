@@ -615,7 +615,8 @@ def _xact_reads(conn: psycopg.Connection[Any], indexes: set[str]) -> tuple[int, 
         "       coalesce(sum(pg_stat_get_xact_tuples_returned(c.oid)), 0),"
         "       (select seq_scan from pg_stat_xact_user_tables"
         "         where relid = 'pgdurable.runs'::regclass)"
-        "  from pg_class c where c.relname = any(%s) and c.relnamespace = 'pgdurable'::regnamespace",
+        "  from pg_class c"
+        " where c.relname = any(%s) and c.relnamespace = 'pgdurable'::regnamespace",
         (sorted(indexes),),
     ).fetchone()
     assert row is not None
