@@ -687,7 +687,7 @@ end $$;
 -- each with whether it has history (the worker then loads its checkpoints as rows: no single
 -- value, however long the history, can make a claim fail).
 create or replace function pgdurable._take_runs(
-    p_ids uuid[], p_worker_id text, p_lease double precision
+    p_ids uuid[], p_worker_id text, p_lease double precision, p_now timestamptz
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
                  retry_step_attempts integer, has_history boolean, cancel_requested boolean)
@@ -697,9 +697,9 @@ as $$
     with claimed as (
         update pgdurable.runs r
            set status = 'running', attempt = r.attempt + 1, worker_id = p_worker_id,
-               lease_expires_at = pgdurable.now() + make_interval(secs => p_lease),
+               lease_expires_at = p_now + make_interval(secs => p_lease),
                heartbeat_at = now(),
-               started_at = coalesce(r.started_at, pgdurable.now()), updated_at = pgdurable.now(),
+               started_at = coalesce(r.started_at, p_now), updated_at = p_now,
                note = case when r.note like 'no worker has registered%' then null else r.note end
          where r.id = any(p_ids)
         returning r.*
@@ -773,7 +773,7 @@ begin
     if v_ids is null then
         return;
     end if;
-    return query select * from pgdurable._take_runs(v_ids, p_worker_id, p_lease);
+    return query select * from pgdurable._take_runs(v_ids, p_worker_id, p_lease, v_now);
 end $$;
 
 -- Called by the SDK when a workflow function is called directly: claims that one run for
@@ -805,7 +805,7 @@ begin
             'lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)) then
         return;
     end if;
-    return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease);
+    return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease, v_now);
 end $$;
 
 -- Called by the SDK after each durable operation (step, transaction, value, child start).

@@ -593,3 +593,27 @@ def test_show_and_steps_survive_a_value_over_the_limits(dsn: str) -> None:
     assert "not decoded" in shown.output
     with pgdurable.App(dsn) as app, pytest.raises(pgdurable.SerializationError, match="nested"):
         app.handle(run).steps()
+
+
+def test_a_cancel_after_the_last_durable_operation_ends_the_run_cancelled(
+    app: pgdurable.App, tmp_path: Path
+) -> None:
+    """complete_run refuses a run whose cancel was requested (PD005): the worker must end it
+    cancelled, not lose it to lease expiry and replay it until it is dead-lettered."""
+    gate = tmp_path / "gate"
+
+    @app.workflow(name="h.plain")
+    def plain() -> str:
+        from apps.support import wait_for_file
+
+        wait_for_file(gate)
+        return "done"
+
+    handle = plain.start()
+    with running_worker(app):
+        wait_until("the run to start", lambda: handle.status() == "running")
+        assert handle.cancel() == "cancelling"
+        gate.touch()
+        with pytest.raises(pgdurable.RunCancelled):
+            handle.result(timeout=10)
+    assert outcome(app.dsn, handle.run_id)[:2] == ("cancelled", 1)

@@ -142,9 +142,7 @@ def _execute(
                 value, f"result of workflow {claim.workflow_name!r}", app.limits
             )
         except Cancelled as exc:
-            _undo(ctx)
-            call_sql(conn, "finish_cancel", (claim.run_id, claim.attempt))
-            return "cancelled", exc
+            return _finish_cancel(ctx, claim, exc)
         except (Suspended, Released, LeaseLost):
             raise
         except psycopg.Error as exc:
@@ -157,6 +155,9 @@ def _execute(
         return "completed", value
     except Suspended:
         return "suspended", None
+    except Cancelled as exc:
+        # cancelled after its last durable operation: complete_run refused (PD005)
+        return _guarded(app, claim, conn, _finish_cancel, ctx, claim, exc)
     except LeaseLost as exc:
         log.warning("run %s: %s", claim.run_id, exc, extra=claim.log_fields())
         return "lost", exc
@@ -177,6 +178,12 @@ def _safe_repr(exc: BaseException) -> str:
         return repr(exc)[:500]
     except Exception:  # a user's __repr__ may raise: the log line must not
         return f"<{type(exc).__qualname__} whose repr() raised>"
+
+
+def _finish_cancel(ctx: RunContext, claim: Claim, exc: Cancelled) -> tuple[str, Any]:
+    _undo(ctx)
+    call_sql(ctx.conn, "finish_cancel", (claim.run_id, claim.attempt))
+    return "cancelled", exc
 
 
 def _decode_input(app: App, claim: Claim) -> tuple[list[Any], dict[str, Any]]:
