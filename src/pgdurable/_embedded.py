@@ -18,7 +18,10 @@ def embedded_dsn() -> str:
     processes of this user; its data lives in $PGDURABLE_HOME/pgdata (default
     ~/.local/share/pgdurable/pgdata)."""
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir when imported (see below)
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import pgserver
     except ImportError as exc:
         raise RuntimeError(
             "no database given: pass App(dsn=...) or set PGDURABLE_DSN, or install the embedded "
