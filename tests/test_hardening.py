@@ -13,6 +13,8 @@ import math
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -617,3 +619,45 @@ def test_a_cancel_after_the_last_durable_operation_ends_the_run_cancelled(
         with pytest.raises(pgdurable.RunCancelled):
             handle.result(timeout=10)
     assert outcome(app.dsn, handle.run_id)[:2] == ("cancelled", 1)
+
+
+@pytest.mark.slow
+def test_a_claimed_run_waiting_for_its_connection_keeps_its_lease(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claimed runs are held (heartbeated) from the claim on: a run whose execution waits (for
+    a pooled connection, here for a gate in front of it) is not taken over when its lease
+    would have lapsed."""
+    gate = threading.Event()
+    execute = pgdurable.Worker._execute
+
+    def delayed(self: pgdurable.Worker, row: tuple[Any, ...], held: Any) -> str:
+        gate.wait(30)
+        return execute(self, row, held)
+
+    monkeypatch.setattr(pgdurable.Worker, "_execute", delayed)
+    with pgdurable.App(dsn, lease=1.0) as app:
+
+        @app.workflow(name="h.queued")
+        def queued() -> str:
+            return "ran"
+
+        handle = queued.start()
+        try:
+            with running_worker(app):
+                wait_until("the run to be claimed", lambda: handle.status() == "running")
+                deadline = time.monotonic() + 3.0  # three leases
+                while time.monotonic() < deadline:
+                    assert (
+                        query(
+                            dsn,
+                            "select id from pgdurable.claim_runs('thief', array['default'], 5, 30)",
+                        )
+                        == []
+                    ), "the waiting run's lease lapsed"
+                    time.sleep(0.1)
+                gate.set()
+                assert handle.result(timeout=15) == "ran"
+        finally:
+            gate.set()
+    assert query(dsn, "select attempt from pgdurable.runs") == [(1,)]
