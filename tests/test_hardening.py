@@ -398,8 +398,8 @@ def test_lookups_by_id_and_workflow_id_use_their_indexes(conn: psycopg.Connectio
         " '{}', now(), now(), now() from generate_series(1, 20000) g"
     )
     conn.execute("analyze pgdurable.runs")
-    from pgdurable._app import run_key
     from pgdurable._queries import Q
+    from pgdurable._starting import run_key
 
     for key in ("bulk-17", str(uuid.uuid4())):
         plan = "\n".join(
@@ -519,7 +519,7 @@ def test_runs_and_step_retries_are_logged_with_fields(
 
 
 def test_repeated_pool_warnings_are_rate_limited() -> None:
-    from pgdurable._app import _RateLimitedPoolLog
+    from pgdurable._runtime import _RateLimitedPoolLog
 
     now = [0.0]
     limiter = _RateLimitedPoolLog(every=60.0, clock=lambda: now[0])

@@ -21,11 +21,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 import pgdurable
-from pgdurable._app import run_key
 from pgdurable._db import call_sql
 from pgdurable._errors import PgDurableError, RunNotFound
 from pgdurable._queries import Q
 from pgdurable._schema import check_schema, init_schema
+from pgdurable._starting import run_key
 
 from ._output import safe
 

@@ -4,8 +4,10 @@ SemVer covers ``__all__``, the ``pgdurable`` CLI and the SQL functions documente
 docs/reference/sql.md.
 """
 
-from ._app import App, Step, Transaction, Workflow, WorkflowCall
+from ._app import App
 from ._codec import Limits
+from ._context import _current
+from ._definitions import Step, Transaction, Workflow, WorkflowCall
 from ._errors import (
     Cancelled,
     ClockShiftDisabled,
@@ -58,8 +60,6 @@ class RunInfo:
 
 def current_run() -> RunInfo | None:
     """The run executing this code (inside a workflow or one of its steps), else None."""
-    from ._context import _current
-
     ctx = _current.get()
     if ctx is None:
         return None

@@ -13,8 +13,8 @@ from ._errors import Cancelled, NonDeterminismError, NotInWorkflow
 if TYPE_CHECKING:
     import psycopg
 
-    from ._app import App
     from ._leases import Held
+    from ._runtime import Runtime
 
 
 class Suspended(BaseException):
@@ -47,7 +47,7 @@ class Record:
 
 @dataclass
 class RunContext:
-    app: App
+    app: Runtime
     run_id: UUID
     workflow_id: str
     workflow_name: str

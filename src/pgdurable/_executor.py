@@ -20,11 +20,14 @@ from . import _codec
 from ._context import Record, Released, RunContext, Suspended, _current
 from ._db import call_sql, describe, is_connection_error
 from ._errors import Cancelled, LeaseLost, SerializationError
+from ._retry import Retry
+from ._steps import run_step
+from ._waiting import run_compensations
 
 if TYPE_CHECKING:
-    from ._app import App
     from ._handle import RunHandle
     from ._leases import Held
+    from ._runtime import Runtime
 
 log = logging.getLogger("pgdurable.executor")
 
@@ -66,7 +69,7 @@ class Claim:
 
 
 def execute(
-    app: App,
+    app: Runtime,
     row: tuple[Any, ...],
     conn: psycopg.Connection[Any],
     stop: threading.Event | None = None,
@@ -95,7 +98,11 @@ def execute(
 
 
 def _execute(
-    app: App, claim: Claim, conn: psycopg.Connection[Any], stop: threading.Event | None, held: Held
+    app: Runtime,
+    claim: Claim,
+    conn: psycopg.Connection[Any],
+    stop: threading.Event | None,
+    held: Held,
 ) -> tuple[str, Any]:
     wf = app.workflows.get(claim.workflow_name)
     if wf is None:
@@ -186,7 +193,7 @@ def _finish_cancel(ctx: RunContext, claim: Claim, exc: Cancelled) -> tuple[str, 
     return "cancelled", exc
 
 
-def _decode_input(app: App, claim: Claim) -> tuple[list[Any], dict[str, Any]]:
+def _decode_input(app: Runtime, claim: Claim) -> tuple[list[Any], dict[str, Any]]:
     what = f"input of run {claim.run_id} (workflow {claim.workflow_name})"
     payload = _codec.loads(claim.input_text, what, app.limits)
     args = payload.get("args", []) if isinstance(payload, dict) else None
@@ -196,7 +203,7 @@ def _decode_input(app: App, claim: Claim) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def _load_history(app: App, conn: psycopg.Connection[Any], claim: Claim) -> dict[int, Record]:
+def _load_history(app: Runtime, conn: psycopg.Connection[Any], claim: Claim) -> dict[int, Record]:
     """The run's checkpoints, loaded as rows and decoded one by one with the App's limits."""
     history = {}
     for seq, key, kind, name, output, error in call_sql(conn, "load_history", (claim.run_id,)):
@@ -213,7 +220,7 @@ def _load_history(app: App, conn: psycopg.Connection[Any], claim: Claim) -> dict
 
 
 def _workflow_failed(
-    app: App,
+    app: Runtime,
     ctx: RunContext,
     wf: Any,
     claim: Claim,
@@ -228,7 +235,7 @@ def _workflow_failed(
 
 
 def _fail(
-    app: App, conn: psycopg.Connection[Any], claim: Claim, exc: BaseException
+    app: Runtime, conn: psycopg.Connection[Any], claim: Claim, exc: BaseException
 ) -> tuple[str, Any]:
     """End the run failed with ``exc``; if even its error cannot be stored, with a short one."""
     error = _codec.error_json(exc, app.limits)
@@ -255,7 +262,7 @@ def _release(
 
 
 def _guarded(
-    app: App, claim: Claim, conn: psycopg.Connection[Any], action: Any, *args: Any
+    app: Runtime, claim: Claim, conn: psycopg.Connection[Any], action: Any, *args: Any
 ) -> tuple[str, Any]:
     """Run an engine call that ends the attempt; database errors get the usual treatment."""
     try:
@@ -268,7 +275,7 @@ def _guarded(
 
 
 def _database_error(
-    app: App, claim: Claim, conn: psycopg.Connection[Any], exc: psycopg.Error
+    app: Runtime, claim: Claim, conn: psycopg.Connection[Any], exc: psycopg.Error
 ) -> tuple[str, Any]:
     """A database error outside the workflow's control. A lost connection hands the run back
     (counted and backed off); a failed statement fails the run with the SQLSTATE and message."""
@@ -303,8 +310,6 @@ def _database_error(
 
 def _undo(ctx: RunContext) -> None:
     if ctx.compensations:
-        from ._waiting import run_compensations
-
         run_compensations(ctx)
 
 
@@ -312,9 +317,6 @@ def _run_on_failure(
     ctx: RunContext, handler: Any, exc: BaseException, payload: dict[str, Any]
 ) -> None:
     """The workflow's failure handler, run once as a durable step named 'on_failure'."""
-    from ._retry import Retry
-    from ._steps import run_step
-
     limits = ctx.app.limits
     rows = call_sql(ctx.conn, "load_history", (ctx.run_id,)).fetchall()
     failed = next((r[1] for r in reversed(rows) if r[5] is not None), None)
@@ -346,7 +348,7 @@ def _run_on_failure(
         log.error("run %s: on_failure handler raised %r", ctx.run_id, handler_exc)
 
 
-def _release_after_disconnect(app: App, claim: Claim, why: str) -> None:
+def _release_after_disconnect(app: Runtime, claim: Claim, why: str) -> None:
     """Hand the run back on a fresh connection, counting the disconnect; if the server is down
     the lease lapses instead, and a restart costs the run no recovery (see release_run)."""
     try:
@@ -365,7 +367,7 @@ def _release_after_disconnect(app: App, claim: Claim, why: str) -> None:
         )
 
 
-def run_here(app: App, handle: RunHandle[Any]) -> Any:
+def run_here(app: Runtime, handle: RunHandle[Any]) -> Any:
     """Execute a just-started run in this process (a direct workflow call); if it suspends or
     another worker has it, wait for its result."""
     with app.pool.connection() as conn:

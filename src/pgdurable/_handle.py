@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import _codec
+from ._context import current
 from ._db import call_sql
 from ._durations import seconds
 from ._errors import RunCancelled, RunNotFound, WorkflowFailed
 from ._queries import Q
+from ._waiting import wait_result
 
 if TYPE_CHECKING:
-    from ._app import App
+    from ._runtime import Runtime
 
 R = TypeVar("R")
 
@@ -23,7 +25,9 @@ FINISHED = frozenset({"completed", "failed", "cancelled"})
 class RunHandle(Generic[R]):
     """A reference to one run. Cheap to create; every method reads the database."""
 
-    def __init__(self, app: App, run_id: UUID | str, workflow_id: str, workflow_name: str) -> None:
+    def __init__(
+        self, app: Runtime, run_id: UUID | str, workflow_id: str, workflow_name: str
+    ) -> None:
         self.app = app
         self.run_id = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
         self.workflow_id = workflow_id
@@ -61,8 +65,6 @@ class RunHandle(Generic[R]):
         Raises TimeoutError after ``timeout`` seconds (None waits forever). Woken by
         LISTEN/NOTIFY when the run ends, with polling as the fallback.
         """
-        from ._context import current
-
         ctx = current()
         if ctx is not None:
             if timeout is not None:
@@ -70,8 +72,6 @@ class RunHandle(Generic[R]):
                     "inside a workflow result() waits durably and takes no timeout: give the "
                     "child a deadline with .options(timeout=...) instead"
                 )
-            from ._waiting import wait_result
-
             return wait_result(ctx, self)
         timeout = seconds(timeout, "result() timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -122,7 +122,7 @@ class RunHandle(Generic[R]):
         return steps
 
 
-def _read(conn: Any, run_id: UUID, app: App) -> tuple[str, Any, Any]:
+def _read(conn: Any, run_id: UUID, app: Runtime) -> tuple[str, Any, Any]:
     row = conn.execute(Q["run_state"], (run_id,)).fetchone()
     if row is None:
         raise RunNotFound(f"run {run_id} no longer exists (deleted by retention?)")

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
 
 from ._queries import Q
 
-if TYPE_CHECKING:
-    from ._app import App
+
+class _Settings(Protocol):
+    """What the heartbeat needs of its runtime."""
+
+    @property
+    def dsn(self) -> str: ...
+
+    worker_id: str
+    lease: float
+
 
 log = logging.getLogger("pgdurable.leases")
 
@@ -34,7 +42,7 @@ class Leases:
     """Heartbeats every run this App holds in one statement, every lease/3 seconds. A run is
     held from the moment it is claimed, so one still waiting for a connection keeps its lease."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: _Settings) -> None:
         self.app = app
         self.active: dict[UUID, Held] = {}
         self._lock = threading.Lock()

@@ -9,7 +9,7 @@ import time
 import uuid as _uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
@@ -20,11 +20,6 @@ from ._durations import seconds
 from ._errors import Cancelled, LeaseLost, NonRetryableError, SerializationError
 from ._remote_errors import replay_error
 from ._retry import Retry
-
-if TYPE_CHECKING:
-    from ._app import Workflow, _Options
-    from ._handle import RunHandle
-
 
 log = logging.getLogger("pgdurable.executor")
 
@@ -272,38 +267,3 @@ def random() -> float:
 def uuid4() -> _uuid.UUID:
     """A random UUID, recorded: a replay returns the same value."""
     return _uuid.UUID(_value("uuid4", lambda: str(_uuid.uuid4())))
-
-
-def start_child(
-    ctx: RunContext,
-    wf: Workflow[Any, Any],
-    opts: _Options,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> RunHandle[Any]:
-    """Start a child run once: its start is checkpointed, so a replay returns the same run."""
-    from ._app import _start
-    from ._handle import RunHandle
-
-    seq, key, rec = ctx.next_op("child", wf.name)
-    if rec is not None:
-        out = _replayed(rec)
-        return RunHandle(ctx.app, _uuid.UUID(out["run_id"]), out["workflow_id"], wf.name)
-    ctx.check_alive()
-    if opts.workflow_id is None:
-        # Deterministic, so a start whose checkpoint was lost finds the same child again.
-        opts.workflow_id = f"{ctx.workflow_id}/{key}"
-    opts.parent_id = str(ctx.run_id)
-    with ctx.conn.transaction():
-        handle = _start(ctx.app, wf.name, args, kwargs, opts, ctx.conn, wf)
-        _record(
-            ctx,
-            seq,
-            key,
-            "child",
-            wf.name,
-            _codec.checked(
-                {"run_id": str(handle.run_id), "workflow_id": handle.workflow_id}, "child"
-            ),
-        )
-    return handle

@@ -5,18 +5,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from . import _codec
 from ._context import RunContext, Suspended, require
 from ._durations import seconds
 from ._errors import LeaseLost, RunCancelled, WorkflowFailed
-from ._steps import _record, _replayed, _sql
+from ._retry import Retry
+from ._steps import _record, _replayed, _sql, run_step
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
 
 R = TypeVar("R")
+
+
+@runtime_checkable
+class StepLike(Protocol):
+    """A step definition (``@app.step``): compensations run it with its own name and retries."""
+
+    name: str
+    retry: Retry
+    fn: Callable[..., Any]
 
 
 def _timeout(value: float | timedelta | None, what: str) -> float | None:
@@ -137,10 +147,8 @@ def compensate(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     If the workflow later fails or is cancelled, the registered compensations run durably, in
     reverse order, each as a step with retries; then the run ends with the original outcome.
     """
-    from ._app import Step
-
     ctx = require("compensate")
-    name = fn.name if isinstance(fn, Step) else getattr(fn, "__name__", "compensation")
+    name = fn.name if isinstance(fn, StepLike) else getattr(fn, "__name__", "compensation")
     seq, key, rec = ctx.next_op("compensate", name)
     if rec is None:
         ctx.check_alive()
@@ -157,14 +165,10 @@ def compensate(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 
 def run_compensations(ctx: RunContext) -> None:
     """Run the registered compensations in reverse order, each as a durable step."""
-    from ._app import Step
-    from ._retry import Retry
-    from ._steps import run_step
-
     ctx.compensating = True
     for name, fn, args, kwargs in reversed(ctx.compensations):
         try:
-            if isinstance(fn, Step):
+            if isinstance(fn, StepLike):
                 run_step(ctx, "step", f"undo:{name}", fn.retry, fn.fn, args, kwargs)
             else:
                 run_step(ctx, "step", f"undo:{name}", Retry(), fn, args, kwargs)

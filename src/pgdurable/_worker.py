@@ -18,10 +18,11 @@ from ._db import call_sql, describe, is_connection_error
 from ._durations import seconds
 from ._executor import execute
 from ._leases import Held
+from ._names import check_name
 from ._queries import Q
 
 if TYPE_CHECKING:
-    from ._app import App
+    from ._runtime import Runtime
 
 log = logging.getLogger("pgdurable.worker")
 
@@ -48,7 +49,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: Runtime,
         *,
         concurrency: int = 8,
         queues: Iterable[str] | None = None,
@@ -58,8 +59,6 @@ class Worker:
             raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
         if not 1 <= concurrency <= 10_000:
             raise ValueError(f"concurrency must be between 1 and 10000, got {concurrency}")
-        from ._app import _check_name
-
         self.app = app
         self.concurrency = concurrency
         chosen = (
@@ -67,7 +66,7 @@ class Worker:
             if queues is not None
             else sorted({wf.queue for wf in app.workflows.values()} | {"default"})
         )
-        self.queues = [_check_name("queue", q) for q in chosen]
+        self.queues = [check_name("queue", q) for q in chosen]
         self.poll_interval = float(
             seconds(poll_interval, "poll_interval", allow_none=False, exclusive_minimum=True) or 0.0
         )

@@ -1,0 +1,196 @@
+"""What the decorators make: workflows (with start options bound, or not), steps and
+transactions. Each is a plain callable: inside a workflow it acts durably, outside it starts or
+runs normally. The App that registers them is separate (_app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import _codec, _context, _steps
+from ._children import start_child
+from ._db import call_sql
+from ._executor import run_here
+from ._handle import RunHandle
+from ._names import check_text
+from ._options import StartOptions
+from ._retry import Retry
+from ._starting import start
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Workflow(Generic[P, R]):
+    """A registered workflow. Call it to run durably here; ``start()`` to enqueue it."""
+
+    def __init__(
+        self,
+        app: Runtime,
+        fn: Callable[P, R],
+        name: str,
+        queue: str,
+        max_recoveries: int | None,
+        on_failure: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.on_failure = on_failure
+        self.name = name
+        self.queue = queue
+        self.max_recoveries = max_recoveries
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable workflow {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return WorkflowCall(self, StartOptions()).__call__(*args, **kwargs)
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        return WorkflowCall(self, StartOptions()).start(*args, **kwargs)
+
+    def start_many(
+        self,
+        calls: Iterable[Sequence[Any]],
+        *,
+        workflow_ids: Sequence[str] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> list[RunHandle[R]]:
+        """Start one run per element of ``calls`` (each a tuple of positional arguments) in a
+        single statement."""
+        opts = StartOptions(**options)
+        if opts.workflow_id is not None:
+            raise ValueError("start_many takes workflow_ids=[...], not workflow_id=")
+        inputs = [_codec.encode_input(tuple(c), {}, self.app.limits) for c in calls]
+        ids = (
+            [check_text(f"workflow_ids[{i}]", str(k)) for i, k in enumerate(workflow_ids)]
+            if workflow_ids is not None
+            else None
+        )
+        if ids is not None and len(ids) != len(inputs):
+            raise ValueError(f"start_many got {len(inputs)} calls but {len(ids)} workflow_ids")
+        params = (self.name, inputs, Jsonb(opts.to_json(self.queue, self.max_recoveries)), ids)
+
+        def run(c: psycopg.Connection[Any]) -> list[Any]:
+            return [r[0] for r in call_sql(c, "start_runs", params).fetchall()]
+
+        if conn is not None:
+            run_ids = run(conn)
+        else:
+            with self.app.pool.connection() as c, c.transaction():
+                run_ids = run(c)
+        keys: list[str | None] = list(ids) if ids is not None else [None] * len(run_ids)
+        return [
+            RunHandle(self.app, r, k or str(r), self.name)
+            for r, k in zip(run_ids, keys, strict=False)
+        ]
+
+    def options(
+        self,
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        on_conflict: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_recoveries: int | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> WorkflowCall[P, R]:
+        """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``."""
+        opts = StartOptions(
+            workflow_id=workflow_id,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            on_conflict=on_conflict,
+            timeout=timeout,
+            max_recoveries=max_recoveries,
+        )
+        return WorkflowCall(self, opts, conn)
+
+
+class WorkflowCall(Generic[P, R]):
+    """A workflow with start options bound."""
+
+    def __init__(
+        self, wf: Workflow[P, R], opts: StartOptions, conn: psycopg.Connection[Any] | None = None
+    ) -> None:
+        self.wf = wf
+        self.opts = opts
+        self.conn = conn
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        ctx = _context.current()
+        if ctx is not None:
+            return start_child(ctx, self.wf, self.opts, args, kwargs)
+        return start(self.wf.app, self.wf.name, args, dict(kwargs), self.opts, self.conn, self.wf)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is not None:
+            child: RunHandle[R] = start_child(ctx, self.wf, self.opts, args, kwargs)
+            return child.result()
+        result: R = run_here(self.wf.app, self.start(*args, **kwargs))
+        return result
+
+
+class Step(Generic[P, R]):
+    """A durable step. Inside a workflow its result is checkpointed; outside, a plain call."""
+
+    def __init__(self, fn: Callable[P, R], name: str, retry: Retry) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable step {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is None:
+            return self.fn(*args, **kwargs)
+        result: R = _steps.run_step(ctx, "step", self.name, self.retry, self.fn, args, kwargs)
+        return result
+
+
+class Transaction(Generic[P, R]):
+    """A transaction step: called with a connection inside an open transaction, in which its
+    checkpoint commits too. Outside a workflow it runs in a transaction of its own."""
+
+    def __init__(
+        self,
+        app: Runtime,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        name: str,
+        retry: Retry,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<pgdurable transaction {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current()
+        if ctx is None:
+            with self.app.pool.connection() as conn, conn.transaction():
+                return self.fn(conn, *args, **kwargs)
+        result: R = _steps.run_transaction(ctx, self.name, self.retry, self.fn, args, kwargs)
+        return result
