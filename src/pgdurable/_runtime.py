@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from ._codec import DEFAULT_LIMITS, Limits
 from ._durations import seconds
+from ._embedded import embedded_dsn
 from ._leases import Leases
 from ._names import check_text
 from ._schema import check_schema, init_schema
@@ -111,8 +112,6 @@ class Runtime:
     @property
     def dsn(self) -> str:
         if self._dsn is None:
-            from ._embedded import embedded_dsn
-
             self._dsn = embedded_dsn()
             with self.connect() as conn:
                 init_schema(conn)
