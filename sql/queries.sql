@@ -220,3 +220,78 @@ select pgdurable.record_compensation(%s, %s, %s, %s, %s, %s, %s, %s);
 -- name: cli_gc_count
 -- `pgdurable gc --dry-run` and its confirmation: how many runs gc would delete (none deleted).
 select pgdurable.gc_runs(%s, 2147483647, true);
+
+-- name: write_stream
+-- Append a value to a run's stream from a step or transaction step (fenced; a retried write,
+-- known by its origin, returns the first one's offset).
+select pgdurable.write_stream(%s, %s, %s, %s, %s);
+
+-- name: write_stream_in_workflow
+-- Append a value written by workflow code and record it as the run's checkpoint, in one
+-- statement (fenced; a replay finds the checkpoint and sends nothing).
+-- Parameters: run id, attempt, key, value, origin, then run id, attempt, position, step key,
+-- name for the checkpoint.
+with w as (select pgdurable.write_stream(%s, %s, %s, %s, %s) as seq)
+select w.seq, pgdurable.record_checkpoint(%s, %s, %s, %s, 'stream', %s, pg_catalog.to_jsonb(w.seq))
+  from w;
+
+-- name: close_stream
+-- Close a run's stream from a step or transaction step (fenced, idempotent).
+select pgdurable.close_stream(%s, %s, %s, %s);
+
+-- name: close_stream_in_workflow
+-- Close a stream from workflow code and record it as the run's checkpoint, in one statement.
+-- Parameters: run id, attempt, key, origin, then run id, attempt, position, step key, name.
+with c as (select pgdurable.close_stream(%s, %s, %s, %s) as seq)
+select c.seq, pgdurable.record_checkpoint(%s, %s, %s, %s, 'stream', %s, pg_catalog.to_jsonb(c.seq))
+  from c;
+
+-- name: read_stream
+-- Up to N rows of a stream from an offset (value as text, decoded with limits) with the run's
+-- status from the same snapshot; no row at all: the run does not exist.
+select r.status, s.seq, s.value::text, s.closed
+  from pgdurable.runs r
+  left join lateral pgdurable.read_stream(r.id, %s, %s, %s) s on true
+ where r.id = %s;
+
+-- name: listen_stream
+-- Stream readers wake on this channel (payload '<run id>:<key>').
+listen pgdurable_stream;
+
+-- The pytest plugin (pgdurable.testing). {name} and {template} are identifiers, passed through
+-- psycopg.sql.Identifier.
+
+-- name: testing_create_database
+-- An empty database: the session's template, before the schema is installed.
+create database {name}
+
+-- name: testing_clone_database
+-- One test's database: a copy of the template, schema and settings included.
+create database {name} template {template}
+
+-- name: testing_drop_database
+-- Drops a database the plugin created, ending the sessions still connected to it.
+drop database if exists {name} with (force)
+
+-- name: testing_allow_clock_shift
+-- Test databases may move engine time; a production database refuses (PD008).
+update pgdurable.settings set allow_clock_shift = true
+
+-- name: testing_shift_clock
+-- Moves engine time forward by an interval; returns the new engine time.
+select pgdurable.shift_clock(%s)
+
+-- name: testing_engine_now
+-- Engine time: the server's clock plus the shifts of this database.
+select pgdurable.now()
+
+-- name: testing_busy_runs
+-- The runs a test worker has yet to take or finish: running (whoever holds them), or pending
+-- and due on a queue and workflow it serves. A few are enough to name in an error.
+select id, workflow_id, workflow_name, status
+  from pgdurable.runs
+ where status = 'running'
+    or (status = 'pending' and available_at <= pgdurable.now()
+        and queue_name = any(%(queues)s) and workflow_name = any(%(workflows)s))
+ order by created_at
+ limit 10

@@ -28,6 +28,7 @@ def test_wheel_ships_sql_cli_and_py_typed(tmp_path: Path) -> None:
         "pgdurable/sql/schema.sql",
         "pgdurable/sql/queries.sql",
         "pgdurable/sql/roles.sql",
+        "pgdurable/testing/__init__.py",
         "pgdurable/sql/migrations/0001_initial.sql",
         "pgdurable/sql/migrations/0002_hardening.sql",
         "pgdurable_cli/__init__.py",
@@ -40,4 +41,5 @@ def test_wheel_ships_sql_cli_and_py_typed(tmp_path: Path) -> None:
     assert (
         "pgdurable = pgdurable_cli.main:cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+    assert "pgdurable = pgdurable.testing" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

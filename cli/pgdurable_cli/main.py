@@ -172,7 +172,7 @@ def worker(
                 "apply: drop --dsn or create the App without connecting"
             )
         # The App resolves its DSN lazily; --dsn takes the place of what it was given.
-        app._dsn = dsn
+        app.use_database(dsn)
     warning = embedded_warning(app)
     if warning:
         warn_loudly(log, warning)

@@ -1,4 +1,4 @@
-"""The runtime an App gives everything below it: the database (DSN, pool, connections), the
+"""The runtime an App gives everything below it: the database (DSN, pools, connections), the
 settings (lease, limits, worker id), the held leases and the registry of workflows.
 
 The executor, worker, handles and durable operations take a Runtime; only the App on top adds
@@ -7,6 +7,8 @@ decorators and the user-facing calls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -14,12 +16,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from ._async_queries import AsyncSide, closing
 from ._codec import DEFAULT_LIMITS, Limits
 from ._durations import seconds
 from ._embedded import embedded_dsn
@@ -73,6 +76,7 @@ class _RateLimitedPoolLog(logging.Filter):
 
 
 logging.getLogger("psycopg.pool").addFilter(_RateLimitedPoolLog())
+logging.getLogger("pgdurable.client").addFilter(_RateLimitedPoolLog())
 
 
 class Runtime:
@@ -104,6 +108,8 @@ class Runtime:
         )
         self._pool_size = pool_size
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._aside: AsyncSide | None = None
+        self._schema_checked = False
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self.workflows: dict[str, Registered] = {}
@@ -117,18 +123,34 @@ class Runtime:
                 init_schema(conn)
         return self._dsn
 
+    def use_database(self, dsn: str | None) -> str | None:
+        """Point this runtime at another database (tests, the CLI's --dsn): closes its pool and
+        heartbeat connections first. Returns the DSN it was given before (None: the default)."""
+        previous = self._dsn
+        self.close()
+        self._dsn = dsn
+        return previous
+
     def connect(self) -> psycopg.Connection[Any]:
         """A new autocommit connection of the caller's own (close it when done)."""
         return psycopg.connect(self.dsn, autocommit=True)
+
+    def _checked_dsn(self) -> str:
+        """The DSN, once the schema there is known to be installed and current (checked once,
+        before the first pool of either flavour opens)."""
+        dsn = self.dsn
+        if not self._schema_checked:
+            with self.connect() as conn:
+                check_schema(conn)
+            self._schema_checked = True
+        return dsn
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    dsn = self.dsn
-                    with self.connect() as conn:
-                        check_schema(conn)
+                    dsn = self._checked_dsn()
                     self._pool = ConnectionPool(
                         dsn,
                         min_size=1,
@@ -183,7 +205,114 @@ class Runtime:
             return check_schema(conn)
 
     def close(self) -> None:
+        """Stop heartbeats and close the pools. In async code prefer ``await close_async()``."""
         self.leases.stop()
         if self._pool is not None:
             self._pool.close(timeout=2.0)
             self._pool = None
+        self._close_async_side()
+        self._schema_checked = False
+
+    # --- the async side: opened lazily on the running event loop ---------------------------
+
+    async def _async_side(self) -> AsyncSide:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            side = self._aside
+            if side is not None and side.loop is not loop:
+                if side.loop.is_running():
+                    raise RuntimeError(
+                        "this App's async calls already run on another event loop, which is "
+                        "still running: use one App per event loop (or await app.close_async() "
+                        "on that loop first)"
+                    )
+                # Its loop ended (asyncio.run returned) and cancelled the pool's tasks with it;
+                # its idle connections close when collected.
+                side = None
+            if side is None:
+                side = self._aside = AsyncSide(loop)
+                side.opening = loop.create_task(self._open_async(side))
+            opening = side.opening
+        assert opening is not None
+        await asyncio.shield(opening)
+        return side
+
+    async def _open_async(self, side: AsyncSide) -> None:
+        try:
+            # the schema check (and an embedded server's start) block: not on the event loop
+            side.dsn = await asyncio.to_thread(self._checked_dsn)
+            pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+                side.dsn,
+                min_size=1,
+                max_size=self._pool_size or 10,
+                kwargs={"autocommit": True},
+                name="pgdurable-async",
+                open=False,
+                # as for the sync pool: a connection the server dropped is replaced at checkout
+                check=AsyncConnectionPool.check_connection,
+            )
+            await pool.open()
+            side.pool = pool
+        except BaseException:
+            with self._lock:
+                if self._aside is side:
+                    self._aside = None
+            raise
+
+    @contextlib.asynccontextmanager
+    async def async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """An autocommit AsyncConnection from the App's async pool (opened on first use, on the
+        running event loop), returned to it at the end of the block."""
+        side = await self._async_side()
+        assert side.pool is not None
+        async with side.pool.connection() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def watch_done(
+        self, run_id: uuid.UUID, ready_within: float
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set when the run may have ended (see ``AsyncSide.watch``)."""
+        side = await self._async_side()
+        async with side.watch(run_id, ready_within) as event:
+            yield event
+
+    async def close_async(self) -> None:
+        """Close what the async calls opened on this event loop, then everything ``close()``
+        closes. Call it before the loop ends (e.g. in a FastAPI lifespan's shutdown)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            side = self._aside
+            if side is not None and side.loop is loop:
+                self._aside = None
+            else:
+                side = None
+        if side is not None:
+            await side.close()
+        # joins the heartbeat and the sync pool's threads: not on the event loop
+        await asyncio.to_thread(self.close)
+
+    def _close_async_side(self) -> None:
+        with self._lock:
+            side, self._aside = self._aside, None
+        if side is None:
+            return
+        loop = side.loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            # close() called from async code: finish on the loop rather than block it
+            task = loop.create_task(side.close())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+        elif loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(side.close(), loop).result(timeout=10)
+            except Exception as exc:  # a wedged loop must not stop close() from finishing
+                logging.getLogger("pgdurable.client").warning(
+                    "could not close the async pool on its event loop: %r", exc
+                )
+        elif not loop.is_closed():
+            loop.run_until_complete(side.close())

@@ -10,7 +10,7 @@ import psycopg
 
 from .._db import call_sql
 from .._errors import translate
-from ._databases import TQ
+from .._queries import Q
 from ._inprocess import DurableWorker, wait_idle
 
 # tick() handles at most 100 timers a call; this bounds the loop, not the timers that fire.
@@ -31,7 +31,7 @@ class DurableClock:
     def now(self) -> datetime:
         """Engine time: what ``pgdurable.now()`` returns in SQL and workflows."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(TQ["engine_now"]).fetchone()
+            row = conn.execute(Q["testing_engine_now"]).fetchone()
         assert row is not None
         value: datetime = row[0]
         return value
@@ -78,7 +78,7 @@ class DurableClock:
         try:
             with psycopg.connect(self.dsn) as conn:
                 # One transaction: the timers fire, and their NOTIFYs leave, with the shift.
-                row = conn.execute(TQ["shift_clock"], (step,)).fetchone()
+                row = conn.execute(Q["testing_shift_clock"], (step,)).fetchone()
                 for _ in range(_MAX_TICKS):
                     if not _first(call_sql(conn, "tick_due").fetchone()):
                         break

@@ -11,21 +11,17 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .._queries import parse
+from .._queries import Q
 from .._schema import init_schema
 
 if TYPE_CHECKING:
     from .. import App
-
-TQ = parse(Path(__file__).with_name("queries.sql").read_text(encoding="utf-8"))
-"""The plugin's named statements (queries.sql next to this file)."""
 
 ENV = "PGDURABLE_TEST_DSN"
 PREFIX = "pgdurable_test_"
@@ -109,19 +105,20 @@ def admin(server_dsn: str) -> psycopg.Connection[Any]:
 
 
 def _ddl(query: str, /, **identifiers: str) -> sql.Composed:
-    return sql.SQL(TQ[query]).format(**{k: sql.Identifier(v) for k, v in identifiers.items()})
+    # identifiers go into the statement as sql.Identifier, never as text
+    return sql.SQL(query).format(**{k: sql.Identifier(v) for k, v in identifiers.items()})
 
 
 def create_template(server_dsn: str) -> str:
     """A new database with the schema installed and the clock switch on; returns its name."""
     name = f"{PREFIX}tpl_{uuid.uuid4().hex[:12]}"
     with admin(server_dsn) as conn:
-        conn.execute(_ddl("create_database", name=name))
+        conn.execute(_ddl(Q["testing_create_database"], name=name))
     try:
         with psycopg.connect(with_db(server_dsn, name), autocommit=True) as conn:
             init_schema(conn)
             # Tests move engine time instead of sleeping; production databases refuse it.
-            conn.execute(TQ["allow_clock_shift"])
+            conn.execute(Q["testing_allow_clock_shift"])
     except BaseException:
         drop_database(server_dsn, name)
         raise
@@ -132,24 +129,21 @@ def clone_template(server_dsn: str, template: str) -> str:
     """A fresh database cloned from ``template``; returns its name."""
     name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
     with admin(server_dsn) as conn:
-        conn.execute(_ddl("clone_database", name=name, template=template))
+        conn.execute(_ddl(Q["testing_clone_database"], name=name, template=template))
     return name
 
 
 def drop_database(server_dsn: str, name: str) -> None:
     with admin(server_dsn) as conn:
-        conn.execute(_ddl("drop_database", name=name))
+        conn.execute(_ddl(Q["testing_drop_database"], name=name))
 
 
 @contextmanager
 def use(app: App, dsn: str) -> Iterator[App]:
     """Point ``app`` (say, your project's App) at the database ``dsn`` for the block, then
     back at its own. Its pool and heartbeat connections are closed on the way in and out."""
-    previous = app._dsn
-    app.close()
-    app._dsn = dsn
+    previous = app.use_database(dsn)
     try:
         yield app
     finally:
-        app.close()
-        app._dsn = previous
+        app.use_database(previous)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ._databases import TQ
+from .._queries import Q
 
 if TYPE_CHECKING:
     from .. import App, Worker
@@ -116,7 +116,7 @@ def wait_idle(dsn: str, workers: Sequence[DurableWorker], timeout: float, what: 
             for w in workers:
                 w._check_alive()
             busy = conn.execute(
-                TQ["busy_runs"], {"queues": queues, "workflows": workflows}
+                Q["testing_busy_runs"], {"queues": queues, "workflows": workflows}
             ).fetchall()
             if not busy:
                 return
