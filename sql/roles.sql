@@ -1,9 +1,10 @@
 -- pgdurable roles: least privilege for the SQL API (docs/security.md).
 --
 -- Three NOLOGIN group roles; grant one to each login role that uses pgdurable:
---   pgdurable_client  start, cancel, emit, send; read runs, checkpoints, events, the registry
+--   pgdurable_client  start, cancel, emit, send, read streams; read runs, checkpoints, events,
+--                     streams, the registry
 --   pgdurable_worker  what a client may, and claim, checkpoint, complete, fail, sleep, wait,
---                     heartbeat, register
+--                     heartbeat, register, write and close streams
 --   pgdurable_admin   what a worker may, and gc, shift the clock, resume, retry, fork; read
 --                     every table
 -- Each role is granted its whole set explicitly (no role is a member of another), so each
@@ -23,18 +24,19 @@ declare
     v_saved_path text := pg_catalog.current_setting('search_path');
     -- what each role may execute (each list adds to the one before)
     v_client_calls text[] := array['start_run', 'start_runs', 'cancel_run', 'emit_event',
-                                   'send_message', 'now'];
+                                   'send_message', 'read_stream', 'now'];
     v_worker_calls text[] := array['claim_runs', 'claim_run', 'record_checkpoint',
                                    'complete_run', 'fail_run', 'finish_cancel', 'schedule_retry',
                                    'sleep_run', 'release_run', 'heartbeat', 'wait_event',
                                    'recv_message', 'wait_run', 'record_compensation', 'tick',
-                                   'tick_due', 'register_worker', 'unregister_worker'];
+                                   'tick_due', 'register_worker', 'unregister_worker',
+                                   'write_stream', 'close_stream'];
     v_admin_calls text[] := array['gc_runs', 'shift_clock', 'resume_run', 'retry_run',
                                   'fork_run'];
     -- what each role may read (absent relations are skipped: older and newer schemas)
-    v_client_reads text[] := array['runs', 'checkpoints', 'timers', 'events', 'workflows',
-                                   'workers', 'settings', 'schema_version', 'run_overview',
-                                   'unserved_runs'];
+    v_client_reads text[] := array['runs', 'checkpoints', 'timers', 'events', 'streams',
+                                   'workflows', 'workers', 'settings', 'schema_version',
+                                   'run_overview', 'unserved_runs'];
     v_admin_reads text[] := array['messages', 'clock'];
     v_roles text[] := array['pgdurable_client', 'pgdurable_worker', 'pgdurable_admin'];
     v_may_create boolean;

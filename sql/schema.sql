@@ -1,4 +1,4 @@
--- pgdurable schema, version 2. Durable execution on PostgreSQL alone.
+-- pgdurable schema, version 3. Durable execution on PostgreSQL alone.
 --
 -- Tables (schema pgdurable):
 --   runs            one row per workflow run: identity, input/output/error, status, lease, timing
@@ -6,6 +6,7 @@
 --   timers          when a sleeping or waiting run must wake (sleep end, retry, wait timeout)
 --   events          named durable events; waiters read them by name
 --   messages        per-run mailbox, FIFO per topic, each message consumed exactly once
+--   streams         values a run appends under a key, read live from any offset, then closed
 --   workflows       the registry: each workflow name workers serve, with its default queue
 --   workers         live workers: their queues and workflows, last seen (registry heartbeat)
 --   settings        one row: limits on JSON written through SQL, the clock-shift switch
@@ -22,6 +23,7 @@
 --   schedule_retry  suspends it until a step's next retry.
 --   complete_run / fail_run end it; release_run hands it back ('pending').
 --   heartbeat       extends every lease of a worker in one statement.
+--   write_stream / close_stream (fenced) append to a run's streams; read_stream reads them.
 --   cancel_run, resume_run, retry_run, fork_run, gc_runs operate on it from anywhere.
 -- Every worker write is fenced: it locks the run row FOR SHARE and checks (id, attempt,
 -- status 'running'); a worker whose lease was taken over gets SQLSTATE PD002 and rolls back.
@@ -135,7 +137,7 @@ create table if not exists pgdurable.checkpoints (
     constraint checkpoints_pkey primary key (run_id, step_key),
     constraint checkpoints_kind_check check (kind in
         ('step', 'transaction', 'sleep', 'event', 'message', 'child', 'result', 'value', 'send',
-         'emit', 'patch', 'compensate'))
+         'emit', 'patch', 'compensate', 'stream'))
 );
 
 -- The registry workers keep current: what they serve, so SQL starts find a workflow's queue
@@ -185,6 +187,23 @@ create table if not exists pgdurable.messages (
 create index if not exists messages_unconsumed_idx
     on pgdurable.messages (run_id, topic, id)
     where consumed_at is null;
+
+-- Durable streams: the values a run appends under stream_key, offset seq = 0, 1, 2 ... A last
+-- row with closed = true (and no value) ends the stream. origin names the durable operation
+-- that wrote a value ('<checkpoint seq>:<n>' from the SDK), so a replayed or retried write is
+-- recognised and skipped instead of appended twice.
+create table if not exists pgdurable.streams (
+    run_id      uuid not null,
+    stream_key  text not null,
+    seq         integer not null,
+    value       jsonb,
+    closed      boolean not null default false,
+    origin      text,
+    created_at  timestamptz not null,
+    constraint streams_pkey primary key (run_id, stream_key, seq),
+    constraint streams_origin_key unique (run_id, stream_key, origin),
+    constraint streams_closed_check check (closed = (value is null))
+);
 
 -- Engine time. Every function below reads the clock through this, so tests can shift it.
 -- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
@@ -1122,7 +1141,8 @@ as $$
 $$;
 
 -- Called by users to start a new run that replays p_run_id's checkpoints before sequence
--- p_from_seq and executes the rest anew. Returns the new run's id.
+-- p_from_seq (with the stream values those operations wrote) and executes the rest anew.
+-- Returns the new run's id.
 create or replace function pgdurable.fork_run(p_run_id uuid, p_from_seq integer, p_workflow_id text default null)
 returns uuid
 language plpgsql security definer
@@ -1143,11 +1163,18 @@ begin
                                        attempts, run_attempt, started_at, completed_at)
     select v_new, step_key, seq, kind, step_name, output, error, attempts, 0, started_at, completed_at
       from pgdurable.checkpoints where run_id = p_run_id and seq < p_from_seq;
+    -- the replayed operations will not write their stream values again: copy them
+    insert into pgdurable.streams (run_id, stream_key, seq, value, closed, origin, created_at)
+    select v_new, s.stream_key, s.seq, s.value, s.closed, s.origin, s.created_at
+      from pgdurable.streams s
+     where s.run_id = p_run_id
+       and case when s.origin ~ '^[0-9]{1,9}:' then split_part(s.origin, ':', 1)::integer < p_from_seq
+                else false end;
     return v_new;
 end $$;
 
 -- Called by operators or a schedule: deletes up to p_limit finished runs (with their
--- checkpoints, timers and messages) that finished before now - p_older_than, never a child whose
+-- checkpoints, timers, messages and streams) that finished before now - p_older_than, never a child whose
 -- parent is unfinished (the parent may still read its result). Returns how many it deleted;
 -- with p_dry_run, how many it would delete.
 create or replace function pgdurable.gc_runs(
@@ -1179,6 +1206,7 @@ begin
     end if;
     delete from pgdurable.checkpoints where run_id = any(v_ids);
     delete from pgdurable.messages where run_id = any(v_ids);
+    delete from pgdurable.streams where run_id = any(v_ids);
     delete from pgdurable.timers where run_id = any(v_ids);
     delete from pgdurable.runs where id = any(v_ids);
     return cardinality(v_ids);
@@ -1389,6 +1417,155 @@ begin
             p_attempt, v_now, v_now);
 end $$;
 
+-- Internal: raises PD003 unless p_key is a stream key of 1 to 500 characters and p_origin, if
+-- given, is 1 to 200 characters.
+create or replace function pgdurable._check_stream_key(p_key text, p_origin text) returns void
+language plpgsql immutable
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if p_key is null or p_key = '' or length(p_key) > 500 then
+        raise exception 'stream key must be 1 to 500 characters, got %',
+            coalesce(quote_literal(left(p_key, 50)), 'NULL')
+            using errcode = 'PD003';
+    end if;
+    if p_origin = '' or length(p_origin) > 200 then
+        raise exception 'stream write origin must be 1 to 200 characters (or NULL)'
+            using errcode = 'PD003';
+    end if;
+end $$;
+
+-- Internal: the fence of stream writes (PD001 / PD002, not PD005: a step of a run being
+-- cancelled may finish writing). FOR KEY SHARE: every takeover changes the attempt under FOR
+-- UPDATE, which waits for it, while heartbeats (plain updates) do not: a transaction step that
+-- writes early in its transaction never holds up its worker's heartbeat.
+create or replace function pgdurable._fence_stream(p_run_id uuid, p_attempt integer) returns void
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    perform from pgdurable.runs r
+     where r.id = p_run_id and r.attempt = p_attempt and r.status = 'running'
+       for key share;
+    if not found then
+        perform pgdurable._fence(p_run_id, p_attempt);
+        raise exception 'lease lost on run % (attempt %)', p_run_id, p_attempt using errcode = 'PD002';
+    end if;
+end $$;
+
+-- Called by the SDK for write_stream() (and by workers in any language): appends p_value to
+-- stream p_key of a running run (fenced by attempt) and NOTIFYs pgdurable_stream '<run>:<key>'.
+-- Idempotent on p_origin: a replayed write returns the first one's offset. PD006 once the
+-- stream is closed. Returns the value's offset.
+create or replace function pgdurable.write_stream(
+    p_run_id uuid, p_attempt integer, p_key text, p_value jsonb, p_origin text default null
+) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_seq integer;
+    v_closed boolean;
+begin
+    perform pgdurable._check_stream_key(p_key, p_origin);
+    perform pgdurable._check_json(p_value, format('value of stream %s', p_key));
+    perform pgdurable._fence_stream(p_run_id, p_attempt);
+    loop
+        if p_origin is not null then
+            select s.seq into v_seq from pgdurable.streams s
+             where s.run_id = p_run_id and s.stream_key = p_key and s.origin = p_origin;
+            if found then
+                return v_seq;
+            end if;
+        end if;
+        select s.seq + 1, s.closed into v_seq, v_closed from pgdurable.streams s
+         where s.run_id = p_run_id and s.stream_key = p_key
+         order by s.seq desc limit 1;
+        if v_closed then
+            raise exception 'stream % of run % is closed', quote_literal(p_key), p_run_id
+                using errcode = 'PD006',
+                      hint = 'write every value before closing the stream; a closed stream takes no more';
+        end if;
+        v_seq := coalesce(v_seq, 0);
+        insert into pgdurable.streams (run_id, stream_key, seq, value, origin, created_at)
+        values (p_run_id, p_key, v_seq, coalesce(p_value, 'null'), p_origin, pgdurable.now())
+        on conflict do nothing;
+        -- else a concurrent writer took this offset (or this origin): look again
+        exit when found;
+    end loop;
+    perform pg_notify('pgdurable_stream', p_run_id || ':' || p_key);
+    return v_seq;
+end $$;
+
+-- Called by the SDK for close_stream(): ends stream p_key of a running run with a closing row
+-- (closed, no value) and wakes its readers. Fenced by attempt; idempotent (closing a closed
+-- stream returns its closing offset). p_origin as for write_stream. Returns the offset.
+create or replace function pgdurable.close_stream(
+    p_run_id uuid, p_attempt integer, p_key text, p_origin text default null
+) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_seq integer;
+    v_closed boolean;
+begin
+    perform pgdurable._check_stream_key(p_key, p_origin);
+    perform pgdurable._fence_stream(p_run_id, p_attempt);
+    loop
+        select s.seq, s.closed into v_seq, v_closed from pgdurable.streams s
+         where s.run_id = p_run_id and s.stream_key = p_key
+         order by s.seq desc limit 1;
+        if v_closed then
+            return v_seq;
+        end if;
+        if p_origin is not null and exists (
+                select from pgdurable.streams s
+                 where s.run_id = p_run_id and s.stream_key = p_key and s.origin = p_origin) then
+            raise exception 'origin % already names a value of stream % of run %',
+                quote_literal(p_origin), quote_literal(p_key), p_run_id
+                using errcode = 'PD003',
+                      hint = 'give the closing row an origin of its own';
+        end if;
+        v_seq := coalesce(v_seq + 1, 0);
+        insert into pgdurable.streams (run_id, stream_key, seq, value, closed, origin, created_at)
+        values (p_run_id, p_key, v_seq, null, true, p_origin, pgdurable.now())
+        on conflict do nothing;
+        exit when found;
+    end loop;
+    perform pg_notify('pgdurable_stream', p_run_id || ':' || p_key);
+    return v_seq;
+end $$;
+
+-- Called by readers (the SDK, psql, any service): up to p_limit rows of stream p_key from
+-- offset p_from_seq, the closing row included, each with the run's status as of the same
+-- snapshot: no further row and a finished run_status mean the stream is complete. PD001: no run.
+create or replace function pgdurable.read_stream(
+    p_run_id uuid, p_key text, p_from_seq integer default 0, p_limit integer default 1000
+) returns table (seq integer, value jsonb, closed boolean, run_status text)
+language plpgsql stable security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_status text;
+begin
+    perform pgdurable._check_stream_key(p_key, null);
+    if p_from_seq is null or p_from_seq < 0 or p_limit is null or p_limit not between 1 and 10000 then
+        raise exception 'read_stream needs p_from_seq >= 0 and p_limit from 1 to 10000, got % and %',
+            coalesce(p_from_seq::text, 'NULL'), coalesce(p_limit::text, 'NULL')
+            using errcode = 'PD004';
+    end if;
+    select r.status into v_status from pgdurable.runs r where r.id = p_run_id;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    return query
+    select s.seq, s.value, s.closed, v_status from pgdurable.streams s
+     where s.run_id = p_run_id and s.stream_key = p_key and s.seq >= p_from_seq
+     order by s.seq
+     limit p_limit;
+end $$;
+
 -- Called by every worker at start and every few seconds after: records what it serves (queues,
 -- and each workflow with its default queue) so SQL starts use a workflow's registered queue and
 -- runs nobody serves are visible in unserved_runs. p_workflows: [{"name": ..., "queue": ...}].
@@ -1457,4 +1634,4 @@ select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.attempt, 
   from pgdurable.runs r
   left join pgdurable.timers t on t.run_id = r.id;
 
-insert into pgdurable.schema_version (version) values (2) on conflict do nothing;
+insert into pgdurable.schema_version (version) values (3) on conflict do nothing;
