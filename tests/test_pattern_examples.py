@@ -1,4 +1,5 @@
-"""The pattern examples (approval, saga, fan-out) run as subprocesses; their output is asserted.
+"""The pattern examples (approval, saga, fan-out, LLM stream) run as subprocesses; their output
+is asserted.
 
 Each example is self-contained: App() from $PGDURABLE_DSN, init_schema(), a worker thread, and
 it emits or cancels by itself, so its output is the same on every run.
@@ -50,6 +51,20 @@ EXPECTED: dict[str, list[str]] = {
         "budget 50.00 EUR",
         "children of the agent run: 3, all completed",
         "tool attempts: 1, 2, 1",
+    ],
+    "llm_stream.py": [
+        "database: the database in $PGDURABLE_DSN",
+        "prompt: Why is the sky blue?",
+        "client 1: Sunlight scatters off the molecules of",
+        "client 1: disconnected at offset 6",
+        "client 2: resumed at offset 6: the air, and blue light, with its short wavelength, "
+        "scatters the most: the sky glows blue from every direction.",
+        "client 2: stream closed at offset 25",
+        "answer: Sunlight scatters off the molecules of the air, and blue light, with its short "
+        "wavelength, scatters the most: the sky glows blue from every direction.",
+        "the client got every token exactly once: True",
+        "status stream: queued, generating, done",  # written before a replay, yet once
+        "in SQL: answer 25 values, closed; status 3 values, closed",
     ],
 }
 
