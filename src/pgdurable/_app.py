@@ -10,17 +10,19 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 
+from . import _async_queries as aq
 from . import _codec, _context
+from ._async_queries import async_conn, sync_conn
+from ._codec import Limits
 from ._db import call_sql
 from ._definitions import Step, Transaction, Workflow
-from ._errors import RunNotFound
-from ._handle import RunHandle
+from ._handle import RunHandle, refuse_in_workflow
 from ._names import check_name, check_text
 from ._options import StartOptions
 from ._queries import Q
 from ._retry import Retry
-from ._runtime import Runtime
-from ._starting import run_key, start
+from ._runtime import Registered, Runtime
+from ._starting import found, run_key, start, start_async
 from ._waiting import emit_in_run, send_in_run
 from ._worker import Worker
 
@@ -105,15 +107,20 @@ class App(Runtime):
 
         return wrap
 
-    # --- runs --------------------------------------------------------------------------------
+    # --- runs: each call has an ``_async`` twin; what they send is decided once, below ------
 
     def handle(self, workflow_id: str | uuid.UUID) -> RunHandle[Any]:
         """The handle of an existing run, by workflow_id or run id."""
         with self.pool.connection() as conn:
             row = conn.execute(Q["run_by_workflow_id"], run_key(workflow_id)).fetchone()
-        if row is None:
-            raise RunNotFound(f"no run has workflow_id or id {str(workflow_id)!r}")
-        return RunHandle(self, row[0], row[1], row[2])
+        return found(self, row, workflow_id)
+
+    async def handle_async(self, workflow_id: str | uuid.UUID) -> RunHandle[Any]:
+        """``handle()`` for asyncio code."""
+        refuse_in_workflow("handle_async")
+        async with self.async_connection() as conn:
+            cur = await conn.execute(Q["run_by_workflow_id"], run_key(workflow_id))
+            return found(self, await cur.fetchone(), workflow_id)
 
     def worker(
         self,
@@ -133,13 +140,27 @@ class App(Runtime):
         if ctx is not None and conn is None:
             emit_in_run(ctx, name, payload)
             return
-        check_text("event name", name)
-        body = _codec.checked(payload, f"payload of event {name!r}", self.limits)
+        conn = sync_conn(conn, "emit_event")
+        params = _event_params(name, payload, self.limits)
         if conn is not None:
-            call_sql(conn, "emit_event", (name, body))
+            call_sql(conn, "emit_event", params)
         else:
             with self.pool.connection() as c:
-                call_sql(c, "emit_event", (name, body))
+                call_sql(c, "emit_event", params)
+
+    async def emit_event_async(
+        self, name: str, payload: Any = None, *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> None:
+        """``emit_event()`` for asyncio code, outside a workflow; with ``conn`` (an
+        AsyncConnection) the event exists only if that transaction commits."""
+        refuse_in_workflow("emit_event_async")
+        conn = async_conn(conn, "emit_event_async")
+        params = _event_params(name, payload, self.limits)
+        if conn is not None:
+            await aq.call_sql(conn, "emit_event", params)
+        else:
+            async with self.async_connection() as c:
+                await aq.call_sql(c, "emit_event", params)
 
     def send(
         self,
@@ -155,15 +176,32 @@ class App(Runtime):
         if ctx is not None and conn is None:
             send_in_run(ctx, str(target), payload, topic)
             return
-        check_text("message target", str(target))
-        if topic is not None:
-            check_text("message topic", topic)
-        body = _codec.checked(payload, "message payload", self.limits)
+        conn = sync_conn(conn, "send")
+        params = _message_params(target, payload, topic, self.limits)
         if conn is not None:
-            call_sql(conn, "send_message", (str(target), body, topic))
+            call_sql(conn, "send_message", params)
         else:
             with self.pool.connection() as c:
-                call_sql(c, "send_message", (str(target), body, topic))
+                call_sql(c, "send_message", params)
+
+    async def send_async(
+        self,
+        target: str | uuid.UUID,
+        payload: Any = None,
+        *,
+        topic: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:
+        """``send()`` for asyncio code, outside a workflow; with ``conn`` (an AsyncConnection)
+        the message exists only if that transaction commits."""
+        refuse_in_workflow("send_async")
+        conn = async_conn(conn, "send_async")
+        params = _message_params(target, payload, topic, self.limits)
+        if conn is not None:
+            await aq.call_sql(conn, "send_message", params)
+        else:
+            async with self.async_connection() as c:
+                await aq.call_sql(c, "send_message", params)
 
     def start(
         self,
@@ -177,7 +215,43 @@ class App(Runtime):
     ) -> RunHandle[Any]:
         """Start a run by workflow name. A name neither this App nor any worker has registered
         is refused (a typo would otherwise wait forever) unless ``allow_unregistered``."""
+        opts, wf = self._by_name(workflow_name, allow_unregistered, options)
+        return start(self, workflow_name, tuple(args), kwargs or {}, opts, conn, wf)
+
+    async def start_async(
+        self,
+        workflow_name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        allow_unregistered: bool = False,
+        **options: Any,
+    ) -> RunHandle[Any]:
+        """``start()`` by name for asyncio code; with ``conn`` (an AsyncConnection) the run
+        exists only if that transaction commits."""
+        refuse_in_workflow("start_async")
+        opts, wf = self._by_name(workflow_name, allow_unregistered, options)
+        return await start_async(self, workflow_name, tuple(args), kwargs or {}, opts, conn, wf)
+
+    def _by_name(
+        self, workflow_name: str, allow_unregistered: bool, options: dict[str, Any]
+    ) -> tuple[StartOptions, Registered | None]:
         opts = StartOptions(**options)
         wf = self.workflows.get(workflow_name)
         opts.require_registered = wf is None and not allow_unregistered
-        return start(self, workflow_name, tuple(args), kwargs or {}, opts, conn, wf)
+        return opts, wf
+
+
+def _event_params(name: str, payload: Any, limits: Limits) -> tuple[str, Any]:
+    check_text("event name", name)
+    return name, _codec.checked(payload, f"payload of event {name!r}", limits)
+
+
+def _message_params(
+    target: str | uuid.UUID, payload: Any, topic: str | None, limits: Limits
+) -> tuple[str, Any, str | None]:
+    check_text("message target", str(target))
+    if topic is not None:
+        check_text("message topic", topic)
+    return str(target), _codec.checked(payload, "message payload", limits), topic

@@ -12,14 +12,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _codec, _context, _steps
+from ._async_queries import async_conn, sync_conn
 from ._children import start_child
 from ._db import call_sql
 from ._executor import run_here
-from ._handle import RunHandle
+from ._handle import RunHandle, refuse_in_workflow
 from ._names import check_text
 from ._options import StartOptions
 from ._retry import Retry
-from ._starting import start
+from ._starting import start, start_async
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -57,6 +58,10 @@ class Workflow(Generic[P, R]):
 
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
         return WorkflowCall(self, StartOptions()).start(*args, **kwargs)
+
+    async def start_async(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        """``start()`` for asyncio code: ``handle = await wf.start_async(...)``."""
+        return await WorkflowCall(self, StartOptions()).start_async(*args, **kwargs)
 
     def start_many(
         self,
@@ -105,9 +110,11 @@ class Workflow(Generic[P, R]):
         on_conflict: str | None = None,
         timeout: float | timedelta | None = None,
         max_recoveries: int | None = None,
-        conn: psycopg.Connection[Any] | None = None,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> WorkflowCall[P, R]:
-        """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``."""
+        """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``. A
+        ``conn`` starts the run in its transaction: a Connection for ``start()``, an
+        AsyncConnection for ``start_async()``."""
         opts = StartOptions(
             workflow_id=workflow_id,
             queue=queue,
@@ -124,7 +131,10 @@ class WorkflowCall(Generic[P, R]):
     """A workflow with start options bound."""
 
     def __init__(
-        self, wf: Workflow[P, R], opts: StartOptions, conn: psycopg.Connection[Any] | None = None
+        self,
+        wf: Workflow[P, R],
+        opts: StartOptions,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> None:
         self.wf = wf
         self.opts = opts
@@ -134,7 +144,17 @@ class WorkflowCall(Generic[P, R]):
         ctx = _context.current()
         if ctx is not None:
             return start_child(ctx, self.wf, self.opts, args, kwargs)
-        return start(self.wf.app, self.wf.name, args, dict(kwargs), self.opts, self.conn, self.wf)
+        conn = sync_conn(self.conn, "start")
+        return start(self.wf.app, self.wf.name, args, dict(kwargs), self.opts, conn, self.wf)
+
+    async def start_async(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        """``start()`` for asyncio code; with ``options(conn=<AsyncConnection>)`` the run exists
+        only if that connection's transaction commits."""
+        refuse_in_workflow("start_async")
+        conn = async_conn(self.conn, "start_async")
+        return await start_async(
+            self.wf.app, self.wf.name, args, dict(kwargs), self.opts, conn, self.wf
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = _context.current()

@@ -1,11 +1,19 @@
-"""RunHandle: look at, wait for and operate one run."""
+"""RunHandle: look at, wait for and operate one run, from sync or async code.
+
+Each operation's decisions and decoding live once, in the module-level helpers below; a sync
+method and its ``_async`` twin differ only in how they reach the database.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
+from . import _async_queries as aq
 from . import _codec
 from ._context import current
 from ._db import call_sql
@@ -15,15 +23,88 @@ from ._queries import Q
 from ._waiting import wait_result
 
 if TYPE_CHECKING:
+    import psycopg
+
+    from ._codec import Limits
     from ._runtime import Runtime
 
 R = TypeVar("R")
 
 FINISHED = frozenset({"completed", "failed", "cancelled"})
 
+# How long a result() wait sleeps between two reads of the run when no NOTIFY wakes it.
+POLL = 1.0
+
+
+def refuse_in_workflow(call: str) -> None:
+    """The async calls are not durable (yet): inside workflow code one would not be recorded,
+    and a replay would repeat it. Inside a step they are plain calls, like their sync twins."""
+    if current() is not None:
+        raise RuntimeError(
+            f"{call}() inside a workflow would not be recorded: call {call.removesuffix('_async')}"
+            "() there, which is durable (async workflows are not supported yet)"
+        )
+
+
+def decode_state(row: Sequence[Any] | None, run_id: UUID, limits: Limits) -> tuple[str, Any, Any]:
+    """(status, output, error) of a ``run_state`` row, the JSON decoded within ``limits``."""
+    if row is None:
+        raise RunNotFound(f"run {run_id} no longer exists (deleted by retention?)")
+    output = _codec.loads(row[1], f"output of run {run_id}", limits)
+    error = _codec.loads(row[2], f"error of run {run_id}", limits)
+    return row[0], output, error
+
+
+def decode_steps(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], run_id: UUID, limits: Limits
+) -> list[dict[str, Any]]:
+    """The ``run_steps`` rows as dicts, their output and error decoded within ``limits``."""
+    steps = [dict(zip(columns, row, strict=False)) for row in rows]
+    for step in steps:
+        for field in ("output", "error"):
+            what = f"{field} of checkpoint {step['step_key']!r} of run {run_id}"
+            step[field] = _codec.loads(step[field], what, limits)
+    return steps
+
+
+def outcome(handle: RunHandle[R], status: str, output: Any, error: Any) -> R:
+    """A finished run's result: its output, or the exception its end means."""
+    if status == "completed":
+        result: R = output
+        return result
+    if status == "cancelled":
+        raise RunCancelled(f"run {handle.run_id} ({handle.workflow_id}) was cancelled")
+    raise WorkflowFailed(str(handle.run_id), error or {})
+
+
+def result_deadline(timeout: float | None, call: str) -> tuple[float | None, float | None]:
+    """(timeout in seconds, monotonic deadline) of a ``call(timeout=...)`` wait."""
+    secs = seconds(timeout, f"{call}() timeout")
+    return secs, None if secs is None else time.monotonic() + secs
+
+
+def next_wait(
+    handle: RunHandle[Any],
+    status: str,
+    timeout: float | None,
+    deadline: float | None,
+    call: str,
+) -> float:
+    """How long to wait before reading an unfinished run again; TimeoutError when time is up."""
+    if deadline is None:
+        return POLL
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(
+            f"run {handle.run_id} ({handle.workflow_id}) is still {status} after {timeout} s; "
+            f"it goes on: call {call}() again to keep waiting"
+        )
+    return min(POLL, left)
+
 
 class RunHandle(Generic[R]):
-    """A reference to one run. Cheap to create; every method reads the database."""
+    """A reference to one run. Cheap to create; every method reads the database. Each method
+    has an ``_async`` twin for asyncio code (``await handle.result_async()``)."""
 
     def __init__(
         self, app: Runtime, run_id: UUID | str, workflow_id: str, workflow_name: str
@@ -43,21 +124,17 @@ class RunHandle(Generic[R]):
     def __hash__(self) -> int:
         return hash(self.run_id)
 
-    def _state(self) -> tuple[str, Any, Any]:
-        with self.app.pool.connection() as conn:
-            return _read(conn, self.run_id, self.app)
+    # --- sync ------------------------------------------------------------------------------
+
+    def _state(self, conn: psycopg.Connection[Any] | None = None) -> tuple[str, Any, Any]:
+        if conn is not None:
+            return decode_state(_run_state(conn, self.run_id), self.run_id, self.app.limits)
+        with self.app.pool.connection() as c:
+            return decode_state(_run_state(c, self.run_id), self.run_id, self.app.limits)
 
     def status(self) -> str:
         """pending, running, sleeping, waiting, completed, failed or cancelled."""
         return self._state()[0]
-
-    def _outcome(self, status: str, output: Any, error: Any) -> R:
-        if status == "completed":
-            result: R = output
-            return result
-        if status == "cancelled":
-            raise RunCancelled(f"run {self.run_id} ({self.workflow_id}) was cancelled")
-        raise WorkflowFailed(str(self.run_id), error or {})
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the run to finish: its output, or WorkflowFailed / RunCancelled.
@@ -73,26 +150,18 @@ class RunHandle(Generic[R]):
                     "child a deadline with .options(timeout=...) instead"
                 )
             return wait_result(ctx, self)
-        timeout = seconds(timeout, "result() timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        timeout, deadline = result_deadline(timeout, "result")
         status, output, error = self._state()
         if status in FINISHED:
-            return self._outcome(status, output, error)
+            return outcome(self, status, output, error)
         wanted = str(self.run_id)
         with self.app.connect() as conn:
             conn.execute(Q["listen_done"])
             while True:
-                status, output, error = _read(conn, self.run_id, self.app)
+                status, output, error = self._state(conn)
                 if status in FINISHED:
-                    return self._outcome(status, output, error)
-                wait = 1.0
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise TimeoutError(
-                            f"run {self.run_id} ({self.workflow_id}) is still {status} after "
-                            f"{timeout} s; it goes on: call result() again to keep waiting"
-                        )
+                    return outcome(self, status, output, error)
+                wait = next_wait(self, status, timeout, deadline, "result")
                 for note in conn.notifies(timeout=wait):
                     if note.payload == wanted:
                         break
@@ -113,19 +182,64 @@ class RunHandle(Generic[R]):
         """The run's checkpoints, in order: one dict per completed durable operation."""
         with self.app.pool.connection() as conn:
             cur = conn.execute(Q["run_steps"], (self.run_id,))
-            cols = [c.name for c in cur.description or ()]
-            steps = [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
-        for step in steps:
-            for field in ("output", "error"):
-                what = f"{field} of checkpoint {step['step_key']!r} of run {self.run_id}"
-                step[field] = _codec.loads(step[field], what, self.app.limits)
-        return steps
+            columns = [c.name for c in cur.description or ()]
+            return decode_steps(columns, cur.fetchall(), self.run_id, self.app.limits)
+
+    # --- async: the same operations, awaited -----------------------------------------------
+
+    async def _state_async(self) -> tuple[str, Any, Any]:
+        async with self.app.async_connection() as conn:
+            cur = await conn.execute(Q["run_state"], (self.run_id,))
+            return decode_state(await cur.fetchone(), self.run_id, self.app.limits)
+
+    async def status_async(self) -> str:
+        """``status()`` for asyncio code."""
+        refuse_in_workflow("status_async")
+        return (await self._state_async())[0]
+
+    async def result_async(self, timeout: float | None = None) -> R:
+        """``result()`` for asyncio code: the same outcome, exceptions and messages.
+
+        Every wait of one event loop shares one LISTEN connection (not one each); each also
+        re-reads its run every second, the fallback when notifications cannot arrive.
+        """
+        refuse_in_workflow("result_async")
+        timeout, deadline = result_deadline(timeout, "result_async")
+        status, output, error = await self._state_async()
+        if status in FINISHED:
+            return outcome(self, status, output, error)
+        ready_within = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+        async with self.app.watch_done(self.run_id, ready_within) as woken:
+            while True:
+                woken.clear()
+                status, output, error = await self._state_async()
+                if status in FINISHED:
+                    return outcome(self, status, output, error)
+                wait = next_wait(self, status, timeout, deadline, "result_async")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), wait)
+
+    async def cancel_async(self) -> str:
+        """``cancel()`` for asyncio code."""
+        refuse_in_workflow("cancel_async")
+        async with self.app.async_connection() as conn:
+            cur = await aq.call_sql(conn, "cancel_run", (self.run_id,))
+            return str((await cur.fetchone())[0])
+
+    async def resume_async(self) -> None:
+        """``resume()`` for asyncio code."""
+        refuse_in_workflow("resume_async")
+        async with self.app.async_connection() as conn:
+            await aq.call_sql(conn, "resume_run", (self.run_id,))
+
+    async def steps_async(self) -> list[dict[str, Any]]:
+        """``steps()`` for asyncio code."""
+        refuse_in_workflow("steps_async")
+        async with self.app.async_connection() as conn:
+            cur = await conn.execute(Q["run_steps"], (self.run_id,))
+            columns = [c.name for c in cur.description or ()]
+            return decode_steps(columns, await cur.fetchall(), self.run_id, self.app.limits)
 
 
-def _read(conn: Any, run_id: UUID, app: Runtime) -> tuple[str, Any, Any]:
-    row = conn.execute(Q["run_state"], (run_id,)).fetchone()
-    if row is None:
-        raise RunNotFound(f"run {run_id} no longer exists (deleted by retention?)")
-    output = _codec.loads(row[1], f"output of run {run_id}", app.limits)
-    error = _codec.loads(row[2], f"error of run {run_id}", app.limits)
-    return row[0], output, error
+def _run_state(conn: psycopg.Connection[Any], run_id: UUID) -> Any:
+    return conn.execute(Q["run_state"], (run_id,)).fetchone()
