@@ -51,7 +51,6 @@ def ask_model(prompt: str) -> str:
     for token in fake_model(prompt):
         write_stream("answer", token)
         tokens.append(token)
-    close_stream("answer")
     return "".join(tokens)
 
 
@@ -61,6 +60,7 @@ def answer(prompt: str) -> str:
     pgdurable.sleep(0.2)  # waiting for a free model slot: the run replays after it
     write_stream("status", "generating")
     text = ask_model(prompt)
+    close_stream("answer")  # here, not in the step: exactly once, after the step's last try
     write_stream("status", "done")
     close_stream("status")
     return text

@@ -25,8 +25,9 @@
 --   heartbeat       extends every lease of a worker in one statement.
 --   write_stream / close_stream (fenced) append to a run's streams; read_stream reads them.
 --   cancel_run, resume_run, retry_run, fork_run, gc_runs operate on it from anywhere.
--- Every worker write is fenced: it locks the run row FOR SHARE and checks (id, attempt,
--- status 'running'); a worker whose lease was taken over gets SQLSTATE PD002 and rolls back.
+-- Every worker write is fenced: it locks the run row FOR SHARE (a stream write: FOR KEY SHARE)
+-- and checks (id, attempt, status 'running'); a worker whose lease was taken over gets SQLSTATE
+-- PD002 and rolls back.
 --
 -- Trust: every function pins search_path; the API functions are SECURITY DEFINER and
 -- sql/roles.sql grants them to the roles pgdurable_client / _worker / _admin (docs/security.md).

@@ -700,6 +700,8 @@ def test_outside_a_run_writes_are_refused_and_reads_checked(app: pgdurable.App) 
         read_stream(app, missing, "k", timeout=float("nan"))
     with pytest.raises(ValueError, match="without NUL"):
         read_stream(app, missing, "k\x00")
+    with pytest.raises(ValueError, match="run_id must be a run id"):
+        read_stream(app, "order-1", "k")
     with pytest.raises(pgdurable.RunNotFound, match=str(missing)):
         next(read_stream(app, missing, "k"))
 

@@ -164,7 +164,10 @@ def read_stream(
     poll = seconds(
         poll_interval, "read_stream() poll_interval", allow_none=False, exclusive_minimum=True
     )
-    rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
+    try:
+        rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
+    except ValueError:
+        raise ValueError(f"run_id must be a run id (a UUID), got {run_id!r}") from None
     return _read(app, rid, key, start, limit, poll)
 
 
