@@ -261,7 +261,8 @@ def test_check_names_the_upgrade_to_run(empty_db: str) -> None:
     with (
         psycopg.connect(empty_db, autocommit=True) as conn,
         pytest.raises(
-            pgdurable.SchemaOutdated, match=r"version 1, this package wants 2: run `pgdurable init`"
+            pgdurable.SchemaOutdated,
+            match=rf"version 1, this package wants {SCHEMA_VERSION}: run `pgdurable init`",
         ),
     ):
         pgdurable._schema.check_schema(conn)

@@ -41,7 +41,15 @@ SEARCH_PATH = "search_path=pg_catalog, pgdurable, pg_temp"
 GROUPS = ("pgdurable_client", "pgdurable_worker", "pgdurable_admin")
 
 # What each role may execute, each list adding to the one before (docs/security.md).
-CLIENT_CALLS = {"start_run", "start_runs", "cancel_run", "emit_event", "send_message", "now"}
+CLIENT_CALLS = {
+    "start_run",
+    "start_runs",
+    "cancel_run",
+    "emit_event",
+    "send_message",
+    "read_stream",
+    "now",
+}
 WORKER_CALLS = CLIENT_CALLS | {
     "claim_runs",
     "claim_run",
@@ -61,6 +69,8 @@ WORKER_CALLS = CLIENT_CALLS | {
     "tick_due",
     "register_worker",
     "unregister_worker",
+    "write_stream",
+    "close_stream",
 }
 ADMIN_CALLS = WORKER_CALLS | {"gc_runs", "shift_clock", "resume_run", "retry_run", "fork_run"}
 CALLS = {"pgdurable_client": CLIENT_CALLS, "pgdurable_worker": WORKER_CALLS}
@@ -70,6 +80,7 @@ CLIENT_READS = {
     "checkpoints",
     "timers",
     "events",
+    "streams",
     "workflows",
     "workers",
     "settings",

@@ -234,11 +234,6 @@ def test_a_step_retried_later_keeps_the_values_of_its_first_attempt(app: pgdurab
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs RunContext.step_attempt, counted by run_step per attempt (change request): "
-    "an in-place retry cannot yet restart its stream index",
-)
 def test_a_step_retried_in_place_keeps_the_values_of_its_first_attempt(
     app: pgdurable.App,
 ) -> None:

@@ -60,6 +60,8 @@ class RunContext:
     seq: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     in_step: bool = False
+    # which attempt of the running step this is, for per-attempt counters (stream writes)
+    step_attempt: int = 0
     stop_requested: threading.Event | None = None
     compensating: bool = False
     compensations: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = field(

@@ -141,6 +141,7 @@ def run_step(
     started = datetime.now(timezone.utc)
     while True:
         attempts += 1
+        ctx.step_attempt += 1
         ctx.in_step = True
         try:
             value = fn(*args, **kwargs)
@@ -195,6 +196,7 @@ def run_transaction(
     conn = ctx.conn
     while True:
         attempts += 1
+        ctx.step_attempt += 1
         try:
             with conn.transaction():
                 ctx.in_step = True

@@ -128,7 +128,7 @@ def _next_index(ctx: RunContext, key: str) -> int:
     """This attempt's count of writes to ``key`` by the running step. Kept in ctx.counts under a
     name no operation can have (NUL), so it dies with the execution; a step attempt started
     later (a retry, a replay in another process) counts from 0 again."""
-    attempt = getattr(ctx, "step_attempt", 0)
+    attempt = ctx.step_attempt
     name = f"\x00stream\x00{_step_position(ctx)}\x00{attempt}\x00{key}"
     n = ctx.counts.get(name, 0)
     ctx.counts[name] = n + 1
