@@ -23,10 +23,7 @@ import uuid
 from collections.abc import Iterator
 
 import pgdurable
-
-# Not exported from pgdurable yet: pgdurable.write_stream / close_stream and
-# RunHandle.read_stream(key, start=) will be the public names.
-from pgdurable._streams import close_stream, read_stream, write_stream
+from pgdurable import close_stream, write_stream
 
 app = pgdurable.App()  # $PGDURABLE_DSN, else the embedded development database
 
@@ -80,7 +77,7 @@ def main() -> None:
         print(f"prompt: {PROMPT}")
 
         # 1. A client reads the answer live, then goes away halfway.
-        live = read_stream(app, handle.run_id, "answer")
+        live = handle.read_stream("answer")
         seen = [next(live) for _ in range(6)]
         live.close()  # the client disconnects: its database session ends
         offset = len(seen)
@@ -88,14 +85,14 @@ def main() -> None:
         print(f"client 1: disconnected at offset {offset}")
 
         # 2. It comes back with its offset and gets the rest, as it is still being written.
-        rest = list(read_stream(app, handle.run_id, "answer", start=offset, timeout=30))
+        rest = list(handle.read_stream("answer", start=offset, timeout=30))
         print(f"client 2: resumed at offset {offset}: {''.join(rest).strip()}")
         print(f"client 2: stream closed at offset {offset + len(rest)}")
 
         text = handle.result(timeout=30)
         print(f"answer: {text}")
         print(f"the client got every token exactly once: {''.join(seen + rest) == text}")
-        status = list(read_stream(app, handle.run_id, "status"))
+        status = list(handle.read_stream("status"))
         print(f"status stream: {', '.join(status)}")
         with app.connect() as conn:
             rows = conn.execute(

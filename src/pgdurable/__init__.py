@@ -37,6 +37,7 @@ from ._remote_errors import register_error
 from ._retry import Retry
 from ._schema import SCHEMA_VERSION, schema_sql
 from ._steps import now, random, sleep, sleep_until, uuid4
+from ._streams import close_stream, write_stream
 from ._waiting import compensate, gather, patched, recv, wait_for_event
 from ._worker import Worker
 
@@ -100,6 +101,7 @@ __all__ = [
     "WorkflowCall",
     "WorkflowFailed",
     "WorkflowIdConflict",
+    "close_stream",
     "compensate",
     "current_run",
     "gather",
@@ -113,4 +115,5 @@ __all__ = [
     "sleep_until",
     "uuid4",
     "wait_for_event",
+    "write_stream",
 ]

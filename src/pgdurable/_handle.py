@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from ._db import call_sql
 from ._durations import seconds
 from ._errors import RunCancelled, RunNotFound, WorkflowFailed
 from ._queries import Q
+from ._streams import read_stream
 from ._waiting import wait_result
 
 if TYPE_CHECKING:
@@ -177,6 +179,20 @@ class RunHandle(Generic[R]):
         """Restart a failed or cancelled run from its last checkpoint."""
         with self.app.pool.connection() as conn:
             call_sql(conn, "resume_run", (self.run_id,))
+
+    def read_stream(
+        self,
+        key: str,
+        start: int = 0,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float = 1.0,
+    ) -> Iterator[Any]:
+        """The values the run writes to its stream ``key``, from offset ``start``, as they are
+        written (woken by NOTIFY); ends when the stream is closed or the run has ended and
+        every value was read. Resumable: start again from the next offset after a disconnect.
+        ``timeout``: seconds without a new value before TimeoutError (None: no limit)."""
+        return read_stream(self.app, self.run_id, key, start, timeout, poll_interval=poll_interval)
 
     def steps(self) -> list[dict[str, Any]]:
         """The run's checkpoints, in order: one dict per completed durable operation."""
