@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 import pgdurable
-from apps.support import query, running_worker, scalar, wait_status
+from apps.support import query, running_worker, scalar, wait_status, wait_until
 from pgdurable._definitions import WorkflowCall
 from pgdurable._handle import RunHandle
 
@@ -588,6 +589,38 @@ def test_the_async_pool_follows_the_event_loop_and_close_is_safe_in_every_order(
         thread.join(15)
     assert outcome == ["pending"]
     assert run_async(app, h.status_async) == "pending"
+
+
+def test_a_loop_that_ends_without_close_async_closes_the_pool_and_does_not_hang(
+    app: pgdurable.App, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.workflow(name="async.burst")
+    def flow() -> None:
+        return None
+
+    # The pool logs a connection attempt the teardown cancelled, with the exception as an
+    # argument; a captured record would keep that attempt's connection alive for the test.
+    caplog.set_level(logging.ERROR, logger="psycopg.pool")
+
+    h = flow.start()
+    app.close()
+
+    def sessions() -> int:
+        return int(
+            scalar(
+                dsn,
+                "select count(*) from pg_stat_activity where datname = current_database() "
+                "and pid <> pg_backend_pid()",
+            )
+        )
+
+    async def burst() -> list[str]:
+        # grows the pool: loop teardown may catch its workers mid-connect
+        return await asyncio.gather(*(h.status_async() for _ in range(30)))
+
+    for _ in range(5):
+        assert asyncio.run(burst()) == ["pending"] * 30
+        wait_until("the async pool's connections to close with their loop", lambda: sessions() == 0)
 
 
 # --- the two surfaces cannot drift -------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -78,6 +79,8 @@ class AsyncSide:
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self.listening = asyncio.Event()
         self.listener: asyncio.Task[None] | None = None
+        self.keeper: asyncio.Task[None] | None = None
+        self.connections: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
     def wake_all(self) -> None:
         for events in self.waiters.values():
@@ -131,12 +134,48 @@ class AsyncSide:
                 if not events:
                     del self.waiters[key]
 
+    async def open(self, dsn: str, max_size: int) -> None:
+        self.dsn = dsn
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            name="pgdurable-async",
+            open=False,
+            # as for the sync pool: a connection the server dropped is replaced at checkout
+            check=AsyncConnectionPool.check_connection,
+            configure=self._opened,
+        )
+        await pool.open()
+        self.pool = pool
+        self.keeper = self.loop.create_task(self._keep(pool))
+
+    async def _opened(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.connections.add(conn)
+
+    async def _keep(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+        """Lives as long as the side; cancelled (by close(), or by asyncio.run ending the loop)
+        it closes the listener and the pool. A loop ending without close_async() cancels the
+        pool's workers too, and they must still be stopped: one cancelled while connecting
+        survives it and would hang the loop's teardown. pool.close() stops them, but then gives
+        up before closing the idle connections, so those are closed here."""
+        try:
+            await self.loop.create_future()
+        finally:
+            if self.listener is not None:
+                self.listener.cancel()
+                await asyncio.wait([self.listener])
+            self.wake_all()
+            try:
+                await pool.close(timeout=2.0)
+            finally:
+                for conn in list(self.connections):
+                    await conn.close()
+
     async def close(self) -> None:
-        if self.listener is not None:
-            self.listener.cancel()
-            await asyncio.wait([self.listener])
-        self.wake_all()
         if self.opening is not None:
             await asyncio.wait([self.opening])
-        if self.pool is not None:
-            await self.pool.close(timeout=2.0)
+        if self.keeper is not None:
+            self.keeper.cancel()
+            await asyncio.wait([self.keeper])

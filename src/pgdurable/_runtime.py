@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from ._async_queries import AsyncSide, closing
 from ._codec import DEFAULT_LIMITS, Limits
@@ -226,8 +226,8 @@ class Runtime:
                         "still running: use one App per event loop (or await app.close_async() "
                         "on that loop first)"
                     )
-                # Its loop ended (asyncio.run returned) and cancelled the pool's tasks with it;
-                # its idle connections close when collected.
+                # Its loop has ended (asyncio.run returned): the side's keeper closed its pool
+                # when the loop cancelled its tasks. This loop gets a side of its own.
                 side = None
             if side is None:
                 side = self._aside = AsyncSide(loop)
@@ -240,19 +240,8 @@ class Runtime:
     async def _open_async(self, side: AsyncSide) -> None:
         try:
             # the schema check (and an embedded server's start) block: not on the event loop
-            side.dsn = await asyncio.to_thread(self._checked_dsn)
-            pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-                side.dsn,
-                min_size=1,
-                max_size=self._pool_size or 10,
-                kwargs={"autocommit": True},
-                name="pgdurable-async",
-                open=False,
-                # as for the sync pool: a connection the server dropped is replaced at checkout
-                check=AsyncConnectionPool.check_connection,
-            )
-            await pool.open()
-            side.pool = pool
+            dsn = await asyncio.to_thread(self._checked_dsn)
+            await side.open(dsn, self._pool_size or 10)
         except BaseException:
             with self._lock:
                 if self._aside is side:
