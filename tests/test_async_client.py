@@ -650,8 +650,12 @@ NO_TWIN = {
     "RunHandle": {"read_stream": "not yet async: async streams come with the async worker"},
 }
 
-CLASSES = {"App": pgdurable.App, "Workflow": pgdurable.Workflow, "WorkflowCall": WorkflowCall}
-CLASSES["RunHandle"] = RunHandle
+CLASSES: dict[str, type] = {
+    "App": pgdurable.App,
+    "Workflow": pgdurable.Workflow,
+    "WorkflowCall": WorkflowCall,
+    "RunHandle": RunHandle,
+}
 
 
 def _public_methods(cls: type) -> set[str]:
