@@ -11,14 +11,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 
 from . import _async_queries as aq
-from . import _codec, _context
+from . import _context
 from ._async_queries import async_conn, sync_conn
-from ._codec import Limits
 from ._db import call_sql
 from ._definitions import Step, Transaction, Workflow
 from ._handle import RunHandle, refuse_in_workflow
-from ._names import check_name, check_text
+from ._names import check_name
 from ._options import StartOptions
+from ._payloads import event_params, message_params
 from ._queries import Q
 from ._retry import Retry
 from ._runtime import Registered, Runtime
@@ -52,6 +52,12 @@ class App(Runtime):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close_async()
 
     # --- decorators --------------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class App(Runtime):
             emit_in_run(ctx, name, payload)
             return
         conn = sync_conn(conn, "emit_event")
-        params = _event_params(name, payload, self.limits)
+        params = event_params(name, payload, self.limits)
         if conn is not None:
             call_sql(conn, "emit_event", params)
         else:
@@ -155,7 +161,7 @@ class App(Runtime):
         AsyncConnection) the event exists only if that transaction commits."""
         refuse_in_workflow("emit_event_async")
         conn = async_conn(conn, "emit_event_async")
-        params = _event_params(name, payload, self.limits)
+        params = event_params(name, payload, self.limits)
         if conn is not None:
             await aq.call_sql(conn, "emit_event", params)
         else:
@@ -177,7 +183,7 @@ class App(Runtime):
             send_in_run(ctx, str(target), payload, topic)
             return
         conn = sync_conn(conn, "send")
-        params = _message_params(target, payload, topic, self.limits)
+        params = message_params(target, payload, topic, self.limits)
         if conn is not None:
             call_sql(conn, "send_message", params)
         else:
@@ -196,7 +202,7 @@ class App(Runtime):
         the message exists only if that transaction commits."""
         refuse_in_workflow("send_async")
         conn = async_conn(conn, "send_async")
-        params = _message_params(target, payload, topic, self.limits)
+        params = message_params(target, payload, topic, self.limits)
         if conn is not None:
             await aq.call_sql(conn, "send_message", params)
         else:
@@ -241,17 +247,3 @@ class App(Runtime):
         wf = self.workflows.get(workflow_name)
         opts.require_registered = wf is None and not allow_unregistered
         return opts, wf
-
-
-def _event_params(name: str, payload: Any, limits: Limits) -> tuple[str, Any]:
-    check_text("event name", name)
-    return name, _codec.checked(payload, f"payload of event {name!r}", limits)
-
-
-def _message_params(
-    target: str | uuid.UUID, payload: Any, topic: str | None, limits: Limits
-) -> tuple[str, Any, str | None]:
-    check_text("message target", str(target))
-    if topic is not None:
-        check_text("message topic", topic)
-    return str(target), _codec.checked(payload, "message payload", limits), topic

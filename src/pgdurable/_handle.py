@@ -19,8 +19,9 @@ from . import _codec
 from ._context import current
 from ._db import call_sql
 from ._durations import seconds
-from ._errors import RunCancelled, RunNotFound, WorkflowFailed
+from ._errors import RunNotFound
 from ._queries import Q
+from ._remote_errors import run_outcome
 from ._streams import read_stream
 from ._waiting import wait_result
 
@@ -71,12 +72,8 @@ def decode_steps(
 
 def outcome(handle: RunHandle[R], status: str, output: Any, error: Any) -> R:
     """A finished run's result: its output, or the exception its end means."""
-    if status == "completed":
-        result: R = output
-        return result
-    if status == "cancelled":
-        raise RunCancelled(f"run {handle.run_id} ({handle.workflow_id}) was cancelled")
-    raise WorkflowFailed(str(handle.run_id), error or {})
+    result: R = run_outcome(handle.run_id, handle.workflow_id, status, output, error)
+    return result
 
 
 def result_deadline(timeout: float | None, call: str) -> tuple[float | None, float | None]:

@@ -15,7 +15,7 @@ import threading
 from typing import Any, TypeVar
 
 from ._codec import type_name
-from ._errors import StepFailed
+from ._errors import RunCancelled, StepFailed, WorkflowFailed
 
 E = TypeVar("E", bound=type[Exception])
 
@@ -119,3 +119,13 @@ def replay_error(error: Any) -> BaseException:
             if isinstance(exc, Exception):
                 return exc
     return StepFailed(name, message)
+
+
+def run_outcome(run_id: Any, workflow_id: str, status: str, output: Any, error: Any) -> Any:
+    """A finished run's result as its caller sees it: the output, or the exception its end
+    means (RunCancelled, or WorkflowFailed carrying the recorded error)."""
+    if status == "completed":
+        return output
+    if status == "cancelled":
+        raise RunCancelled(f"run {run_id} ({workflow_id}) was cancelled")
+    raise WorkflowFailed(str(run_id), error or {})

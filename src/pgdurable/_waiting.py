@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from . import _codec
 from ._context import RunContext, Suspended, require
 from ._durations import seconds
-from ._errors import LeaseLost, RunCancelled, WorkflowFailed
+from ._errors import LeaseLost
+from ._payloads import event_params, message_params
+from ._remote_errors import run_outcome
 from ._retry import Retry
 from ._steps import _record, _replayed, _sql, run_step
 
@@ -100,12 +102,8 @@ def wait_result(ctx: RunContext, handle: RunHandle[R]) -> R:
             raise Suspended()
         output = _payload(ctx, output, f"result of run {handle.run_id}")
         error = _payload(ctx, error, f"error of run {handle.run_id}")
-    if status == "completed":
-        result: R = output
-        return result
-    if status == "cancelled":
-        raise RunCancelled(f"run {handle.run_id} ({handle.workflow_id}) was cancelled")
-    raise WorkflowFailed(str(handle.run_id), error or {})
+    result: R = run_outcome(handle.run_id, handle.workflow_id, status, output, error)
+    return result
 
 
 def gather(*handles: RunHandle[Any]) -> list[Any]:
@@ -123,9 +121,9 @@ def emit_in_run(ctx: RunContext, name: str, payload: Any) -> None:
     if rec is not None:
         return
     ctx.check_alive()
-    body = _codec.checked(payload, f"payload of event {name!r}", ctx.app.limits)
+    params = event_params(name, payload, ctx.app.limits)
     with ctx.conn.transaction():
-        _sql(ctx, "emit_event", (name, body))
+        _sql(ctx, "emit_event", params)
         _record(ctx, seq, key, "emit", name, None)
 
 
@@ -135,9 +133,9 @@ def send_in_run(ctx: RunContext, target: str, payload: Any, topic: str | None) -
     if rec is not None:
         return
     ctx.check_alive()
-    body = _codec.checked(payload, "message payload", ctx.app.limits)
+    params = message_params(target, payload, topic, ctx.app.limits)
     with ctx.conn.transaction():
-        _sql(ctx, "send_message", (target, body, topic))
+        _sql(ctx, "send_message", params)
         _record(ctx, seq, key, "send", f"send:{topic or ''}", None)
 
 
