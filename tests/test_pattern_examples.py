@@ -1,5 +1,5 @@
-"""The pattern examples (approval, saga, fan-out, LLM stream) run as subprocesses; their output
-is asserted.
+"""The pattern examples (approval, saga, fan-out, LLM stream, FastAPI) run as subprocesses;
+their output is asserted.
 
 Each example is self-contained: App() from $PGDURABLE_DSN, init_schema(), a worker thread, and
 it emits or cancels by itself, so its output is the same on every run.
@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from apps.support import query, scalar, wait_until
 from conftest import ROOT
 from test_examples import _run
 
@@ -66,6 +67,28 @@ EXPECTED: dict[str, list[str]] = {
         "status stream: queued, generating, done",  # written before a replay, yet once
         "in SQL: answer 25 values, closed; status 3 values, closed",
     ],
+    "fastapi_app.py": [
+        "database: the database in $PGDURABLE_DSN",
+        "server: uvicorn on 127.0.0.1 (a free port), the worker started by its lifespan",
+        "order 1: POST /orders 2 x widget -> 201 ['order_id', 'run_id', 'workflow_id']",
+        "order 1: committed together: order rows 1, runs 1",
+        "order 1: GET /orders/{id}/result?timeout=0.5 -> 202 (still running)",
+        "order 1: GET /orders/{id}/events, live: received, paid 2500 cents, "
+        "waiting for the warehouse",
+        "order 1: POST /orders/{id}/packed -> 202",
+        "order 1: the same event stream goes on: shipped in parcel P-1, (end)",
+        "order 1: GET /orders/{id}/result -> 200 status=shipped, cents=2500, parcel=P-1",
+        "order 1: reconnecting with Last-Event-ID: 1 -> waiting for the warehouse, "
+        "shipped in parcel P-1",
+        "order 2: POST /orders 1 x gadget -> 409 out of stock: gadget",
+        "order 2: rolled back together: order rows 0, runs 0",
+        "order 2: GET /orders/{id}/result -> 404 no order {id}",
+        "order 3: POST /orders 50 x widget -> 201",
+        "order 3: GET /orders/{id}/result -> 422 payment declined: 62500 cents is over the card "
+        "limit of 50000",
+        "order 3: the workflow gave the 50 widgets back: True",
+        "server: stopped; its lifespan stopped the worker and closed the pools",
+    ],
 }
 
 
@@ -83,3 +106,40 @@ def test_examples_run_twice_on_one_database_start_anew(dsn: str) -> None:
         assert (
             _run(ROOT / "examples" / "approval.py", [], env, timeout=60) == EXPECTED["approval.py"]
         )
+
+
+def test_fastapi_app_leaves_nothing_of_a_request_that_failed_after_starting(dsn: str) -> None:
+    """The FastAPI example, given --dsn: its self-demo serves on a real uvicorn and calls it with
+    httpx. Then plain SQL checks the rollback case: the sold-out order started its run in the
+    request's transaction (the table's insert counter counts the rolled-back row) and neither
+    that run nor the order row survived the failed request."""
+    env = {k: v for k, v in os.environ.items() if k != "PGDURABLE_DSN"}
+    env["PYTHONUNBUFFERED"] = "1"
+    lines = _run(ROOT / "examples" / "fastapi_app.py", ["--dsn", dsn], env, timeout=90)
+    assert lines == ["database: the database given with --dsn", *EXPECTED["fastapi_app.py"][1:]]
+
+    orders = query(dsn, "select sku, quantity, status from shop_orders order by quantity")
+    assert orders == [("widget", 2, "shipped"), ("widget", 50, "declined")]
+    runs = query(
+        dsn,
+        "select input->'args'->>1, status from pgdurable.runs where workflow_name = 'fulfil_order'",
+    )
+    assert sorted(runs) == [("widget", "completed"), ("widget", "failed")]
+    stock = dict(query(dsn, "select sku, in_stock from shop_stock"))
+    assert stock == {"widget": 1_000_000 - 2, "gadget": 0}
+
+    def runs_inserted() -> int:
+        n = scalar(
+            dsn,
+            "select n_tup_ins from pg_stat_user_tables "
+            "where schemaname = 'pgdurable' and relname = 'runs'",
+        )
+        return int(n or 0)
+
+    # The example's connections have closed; their statistics reach the server as they exit.
+    wait_until(
+        "the rolled-back start among the 3 inserts counted in pgdurable.runs",
+        lambda: runs_inserted() >= 3,
+        30,
+    )
+    assert runs_inserted() == 3  # orders 1 and 3, and the one rolled back with order 2
