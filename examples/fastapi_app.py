@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -248,10 +247,6 @@ async def order_packed(order_id: OrderId, packed: Packed, request: Request) -> d
 
 
 KEEPALIVE = 10.0  # seconds without a value before a comment line goes out
-_END = object()
-# read_stream is a blocking generator (an async reader is yet to come), so its next() runs on
-# these threads: each listening client holds one, and one database connection, while it waits.
-_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="sse")
 
 
 @router.get("/orders/{order_id}/events")
@@ -274,29 +269,21 @@ async def order_events(
 
 async def _sse(handle: pgdurable.RunHandle[Any], offset: int) -> AsyncIterator[str]:
     while True:
-        values = handle.read_stream("progress", start=offset, timeout=KEEPALIVE)
-        pending: concurrent.futures.Future[Any] | None = None
-        try:
-            while True:
-                pending = _READERS.submit(next, values, _END)
-                value = await asyncio.wrap_future(pending)
-                if value is _END:
-                    break
-                yield f"id: {offset}\ndata: {json.dumps(value)}\n\n"
-                offset += 1
-        except TimeoutError:
-            # Nothing new for a while: a comment keeps proxies from closing the connection and
-            # tells a vanished client apart; then a fresh reader goes on from the same offset.
-            yield ": keep-alive\n\n"
-            continue
-        finally:
-            # A client that went away cancels the await, not the thread: its next() goes on
-            # (at most KEEPALIVE seconds), and the reader, with its connection, is closed as
-            # soon as it returns, on that thread.
-            if pending is None:
-                values.close()
-            else:
-                pending.add_done_callback(lambda _, done=values: done.close())
+        # No thread and no connection per listening client: every reader on this event loop is
+        # woken by one LISTEN session and borrows a pooled connection only for each read.
+        # aclosing: a client that goes away stops its reader at once.
+        async with contextlib.aclosing(
+            handle.read_stream_async("progress", start=offset, timeout=KEEPALIVE)
+        ) as values:
+            try:
+                async for value in values:
+                    yield f"id: {offset}\ndata: {json.dumps(value)}\n\n"
+                    offset += 1
+            except TimeoutError:
+                # Nothing new for a while: a comment keeps proxies from closing the connection
+                # and tells a vanished client apart; then a fresh reader goes on from there.
+                yield ": keep-alive\n\n"
+                continue
         yield "event: end\ndata: {}\n\n"
         return
 

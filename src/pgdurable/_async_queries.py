@@ -69,7 +69,8 @@ closing: set[asyncio.Task[None]] = set()
 
 class AsyncSide:
     """What the async calls of one Runtime use on one event loop: a pool, and one LISTEN
-    connection that wakes every ``result_async()`` waiter (not a connection per waiter)."""
+    connection that wakes every ``result_async()`` waiter and ``read_stream_async()`` reader
+    (not a connection per waiter)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -93,6 +94,8 @@ class AsyncSide:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
                 async with conn:
+                    await conn.execute(Q["listen_stream"])
+                    # done last: pg_stat_activity shows this session as the run-end listener
                     await conn.execute(Q["listen_done"])
                     self.listening.set()
                     backoff = 1.0
@@ -101,8 +104,8 @@ class AsyncSide:
                             event.set()
             except Exception as exc:  # any failure: reconnect after a pause; waiters poll meanwhile
                 log.warning(
-                    "the result_async() listener lost its connection (%s); waiters poll every "
-                    "second until it is back",
+                    "the async listener (result_async, read_stream_async) lost its connection "
+                    "(%s); waiters poll until it is back",
                     describe(exc),
                 )
             self.listening.clear()
@@ -112,14 +115,19 @@ class AsyncSide:
             backoff = min(backoff * 2, 10.0)
 
     @contextlib.asynccontextmanager
-    async def watch(self, run_id: uuid.UUID, ready_within: float) -> AsyncIterator[asyncio.Event]:
-        """An event set when the run may have ended (NOTIFY pgdurable_done) or the listener
-        reconnected: the caller clears it, re-reads the run, and waits on it again. Waits up to
-        ``ready_within`` s for the LISTEN to be in place before the caller's first read; a
-        listener that cannot connect leaves the caller polling."""
-        key = str(run_id)
+    async def watch(
+        self, run_id: uuid.UUID, ready_within: float, *payloads: str
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set when the run may have ended (NOTIFY pgdurable_done), on a notification
+        with one of ``payloads`` (a stream's ``<run id>:<key>`` on pgdurable_stream, a payload
+        no run id can be) or when the listener reconnected: the caller clears it, re-reads,
+        and waits on it again. Waits up to ``ready_within`` s for the LISTEN to be in place
+        before the caller's first read; a listener that cannot connect leaves the caller
+        polling."""
+        keys = (str(run_id), *payloads)
         event = asyncio.Event()
-        self.waiters.setdefault(key, set()).add(event)
+        for key in keys:
+            self.waiters.setdefault(key, set()).add(event)
         try:
             if self.listener is None or self.listener.done():
                 self.listener = self.loop.create_task(self.listen())
@@ -128,11 +136,12 @@ class AsyncSide:
                     await asyncio.wait_for(self.listening.wait(), ready_within)
             yield event
         finally:
-            events = self.waiters.get(key)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self.waiters[key]
+            for key in keys:
+                events = self.waiters.get(key)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self.waiters[key]
 
     async def open(self, dsn: str, max_size: int) -> None:
         self.dsn = dsn

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
+from . import _async_queries as aq
 from . import _codec, _context, _steps
 from ._async_queries import async_conn, sync_conn
 from ._children import start_child
@@ -73,6 +74,42 @@ class Workflow(Generic[P, R]):
     ) -> list[RunHandle[R]]:
         """Start one run per element of ``calls`` (each a tuple of positional arguments) in a
         single statement."""
+        conn = sync_conn(conn, "start_many")
+        params, ids = self._many_params(calls, workflow_ids, options)
+        if conn is not None:
+            run_ids = [r[0] for r in call_sql(conn, "start_runs", params).fetchall()]
+        else:
+            with self.app.pool.connection() as c, c.transaction():
+                run_ids = [r[0] for r in call_sql(c, "start_runs", params).fetchall()]
+        return self._many_handles(run_ids, ids)
+
+    async def start_many_async(
+        self,
+        calls: Iterable[Sequence[Any]],
+        *,
+        workflow_ids: Sequence[str] | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **options: Any,
+    ) -> list[RunHandle[R]]:
+        """``start_many()`` for asyncio code; with an AsyncConnection ``conn`` the runs exist
+        only if its transaction commits."""
+        refuse_in_workflow("start_many_async")
+        aconn = async_conn(conn, "start_many_async")
+        params, ids = self._many_params(calls, workflow_ids, options)
+        if aconn is not None:
+            rows = await (await aq.call_sql(aconn, "start_runs", params)).fetchall()
+        else:
+            async with self.app.async_connection() as c, c.transaction():
+                rows = await (await aq.call_sql(c, "start_runs", params)).fetchall()
+        return self._many_handles([r[0] for r in rows], ids)
+
+    def _many_params(
+        self,
+        calls: Iterable[Sequence[Any]],
+        workflow_ids: Sequence[str] | None,
+        options: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], list[str] | None]:
+        """The ``start_runs`` parameters of a start_many, every argument checked first."""
         opts = StartOptions(**options)
         if opts.workflow_id is not None:
             raise ValueError("start_many takes workflow_ids=[...], not workflow_id=")
@@ -85,15 +122,9 @@ class Workflow(Generic[P, R]):
         if ids is not None and len(ids) != len(inputs):
             raise ValueError(f"start_many got {len(inputs)} calls but {len(ids)} workflow_ids")
         params = (self.name, inputs, Jsonb(opts.to_json(self.queue, self.max_recoveries)), ids)
+        return params, ids
 
-        def run(c: psycopg.Connection[Any]) -> list[Any]:
-            return [r[0] for r in call_sql(c, "start_runs", params).fetchall()]
-
-        if conn is not None:
-            run_ids = run(conn)
-        else:
-            with self.app.pool.connection() as c, c.transaction():
-                run_ids = run(c)
+    def _many_handles(self, run_ids: list[Any], ids: list[str] | None) -> list[RunHandle[R]]:
         keys: list[str | None] = list(ids) if ids is not None else [None] * len(run_ids)
         return [
             RunHandle(self.app, r, k or str(r), self.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -22,7 +22,7 @@ from ._durations import seconds
 from ._errors import RunNotFound
 from ._queries import Q
 from ._remote_errors import run_outcome
-from ._streams import read_stream
+from ._streams import Reading, read_stream
 from ._waiting import wait_result
 
 if TYPE_CHECKING:
@@ -244,6 +244,45 @@ class RunHandle(Generic[R]):
         refuse_in_workflow("resume_async")
         async with self.app.async_connection() as conn:
             await aq.call_sql(conn, "resume_run", (self.run_id,))
+
+    def read_stream_async(
+        self,
+        key: str,
+        start: int = 0,
+        timeout: float | timedelta | None = None,
+        *,
+        poll_interval: float = 1.0,
+    ) -> AsyncGenerator[Any, None]:
+        """``read_stream()`` for asyncio code: ``async for value in handle.read_stream_async(
+        key)``, the same values, ends and exceptions. Every reader of one event loop is woken
+        by the loop's one LISTEN connection, and holds a pooled connection only for each read.
+        ``await values.aclose()`` (or ``contextlib.aclosing``) disconnects at once.
+        """
+        refuse_in_workflow("read_stream_async")
+        reading = Reading.checked(
+            self.app.limits, self.run_id, key, start, timeout, poll_interval, "read_stream_async"
+        )
+        return self._read_async(reading)
+
+    async def _read_async(self, reading: Reading) -> AsyncGenerator[Any, None]:
+        # The LISTEN is in place (or known to be away: then the reader polls) before the first
+        # read, so a value committed after a read is always noticed.
+        side = await self.app._async_side()
+        ready = reading.poll if reading.timeout is None else min(reading.poll, reading.timeout)
+        async with side.watch(self.run_id, ready, reading.payload) as woken:
+            while True:
+                woken.clear()
+                async with self.app.async_connection() as conn:
+                    cur = await aq.call_sql(conn, "read_stream", reading.params())
+                    rows = await cur.fetchall()
+                for value in reading.values(rows):
+                    yield value
+                if reading.ended():
+                    return
+                wait = reading.wait()
+                if wait > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(woken.wait(), wait)
 
     async def steps_async(self) -> list[dict[str, Any]]:
         """``steps()`` for asyncio code."""
