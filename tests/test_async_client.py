@@ -641,6 +641,7 @@ NO_TWIN = {
         "use_database": "no I/O of its own: points the App elsewhere, closing both pools",
         "async_connection": "async by definition",
         "watch_done": "async by definition",
+        "watch_stream": "async by definition",
     },
     "Workflow": {
         "options": "binds options, no I/O",

@@ -267,9 +267,8 @@ class RunHandle(Generic[R]):
     async def _read_async(self, reading: Reading) -> AsyncGenerator[Any, None]:
         # The LISTEN is in place (or known to be away: then the reader polls) before the first
         # read, so a value committed after a read is always noticed.
-        side = await self.app._async_side()
         ready = reading.poll if reading.timeout is None else min(reading.poll, reading.timeout)
-        async with side.watch(self.run_id, ready, reading.payload) as woken:
+        async with self.app.watch_stream(self.run_id, reading.payload, ready) as woken:
             while True:
                 woken.clear()
                 async with self.app.async_connection() as conn:

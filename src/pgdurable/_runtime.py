@@ -266,6 +266,16 @@ class Runtime:
         async with side.watch(run_id, ready_within) as event:
             yield event
 
+    @contextlib.asynccontextmanager
+    async def watch_stream(
+        self, run_id: uuid.UUID, payload: str, ready_within: float
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set when the run may have ended or written to the stream ``payload``
+        names (``<run id>:<key>``)."""
+        side = await self._async_side()
+        async with side.watch(run_id, ready_within, payload) as event:
+            yield event
+
     async def close_async(self) -> None:
         """Close what the async calls opened on this event loop, then everything ``close()``
         closes. Call it before the loop ends (e.g. in a FastAPI lifespan's shutdown)."""
