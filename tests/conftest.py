@@ -9,10 +9,7 @@ The schema is loaded once into a template database; tests that commit get a clon
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,40 +21,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgdurable
 from pgdurable._schema import init_schema
+from pgdurable.testing._databases import server_for_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
-    """A DSN of a server where the tests may create databases."""
-    dsn = os.environ.get("PGDURABLE_TEST_DSN")
-    if dsn:
+    """A DSN of a server where the tests may create databases: the same choice the shipped
+    pytest plugin makes (pgdurable.testing), so users' tests and ours find the same server."""
+    with server_for_tests() as dsn:
         yield dsn
-        return
-    if _docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16", driver=None) as pg:
-            yield pg.get_connection_url()
-        return
-    import pgserver
-
-    tmp = tempfile.mkdtemp(prefix="pgdurable-test-")
-    server = pgserver.get_server(tmp, cleanup_mode="delete")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
 
 
 def with_db(dsn: str, dbname: str) -> str:
