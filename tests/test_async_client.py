@@ -12,46 +12,16 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 
 import pgdurable
+from apps.async_support import run_async, until
 from apps.support import query, running_worker, scalar, wait_status, wait_until
 from pgdurable._definitions import WorkflowCall
 from pgdurable._handle import RunHandle
-
-T = TypeVar("T")
-
-
-def run_async(app: pgdurable.App, body: Callable[[], Awaitable[T]]) -> T:
-    """``body()`` on a fresh event loop, the App's async side closed before the loop ends (as a
-    FastAPI lifespan's shutdown would)."""
-
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await app.close_async()
-
-    return asyncio.run(main())
-
-
-async def until(what: str, probe: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """``wait_until`` for async tests: poll ``probe`` without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout} s waiting for {what} (last: {value!r})"
-            )
-        await asyncio.sleep(0.02)
 
 
 def run_count(dsn: str) -> int:

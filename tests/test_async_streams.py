@@ -13,44 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 
 import pgdurable
+from apps.async_support import run_async
+from apps.async_support import until as _until
 from apps.support import running_worker, scalar, wait_for_file
-
-T = TypeVar("T")
-
-
-def run_async(app: pgdurable.App, body: Callable[[], Awaitable[T]]) -> T:
-    """``body()`` on a fresh event loop, the App's async side closed before the loop ends."""
-
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await app.close_async()
-
-    return asyncio.run(main())
 
 
 async def until(what: str, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``probe`` without blocking the event loop; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout} s waiting for {what} (last: {value!r})"
-            )
-        await asyncio.sleep(0.02)
+    """The shared wait, with this file's 10 s deadline (values must arrive long before the
+    60 s poll would fetch them)."""
+    return await _until(what, probe, timeout)
 
 
 def sessions(dsn: str, like: str) -> int:
@@ -147,7 +126,9 @@ def test_a_reader_is_woken_by_notify_and_ends_when_the_stream_closes(
         await until("the reader's first read", lambda: have_read(app.dsn) >= 1)
         for i in range(3):
             (tmp_path / str(i)).touch()
-            await until(f"token {i} at the reader", lambda i=i: len(reader.values) == i + 1)
+            await until(
+                f"token {i} at the reader", lambda i=i: len(reader.values) == i + 1, timeout=10.0
+            )
         await until("the reader to end", lambda: reader.task.done())
         assert reader.ended == "end"
         assert reader.values == ["token 0", "token 1", "token 2"]
@@ -175,7 +156,9 @@ def test_a_reader_ends_when_the_run_ends(app: pgdurable.App) -> None:
             tag: Collect(h.read_stream_async("log", poll_interval=60)) for tag, h in runs.items()
         }
         for reader in live.values():
-            await until("the reader's first value", lambda r=reader: r.values == ["waiting"])
+            await until(
+                "the reader's first value", lambda r=reader: r.values == ["waiting"], timeout=10.0
+            )
         await app.emit_event_async("ast.ends:c", "done")
         await app.emit_event_async("ast.ends:f", "fail")
         assert await runs["x"].cancel_async() == "cancelled"
