@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import psycopg
 
 import pgdurable
 
-from .support import wait_for_file
+from .support import spawn_workers, wait_for_file
 
 TABLES = """
 create table if not exists guarantee_notes (
@@ -110,27 +109,9 @@ def build(dsn: str) -> pgdurable.App:
     return app
 
 
-TESTS = Path(__file__).resolve().parent.parent
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
-@contextmanager
-def worker_processes(env: dict[str, str], log_dir: Path) -> Iterator[Spawn]:
-    """A ``spawn(concurrency)`` that starts a worker process of this app (its log in log_dir).
-    Processes still alive at the end of the block are killed (SIGKILL ends a stopped one too)."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(concurrency: int = 2) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "apps.run_worker", "apps.guarantee_app", str(concurrency)]
-        with open(log_dir / f"guarantee-worker{len(procs)}.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log, stderr=subprocess.STDOUT)
-            )
-        return procs[-1]
-
-    try:
-        yield spawn
-    finally:
-        for proc in (p for p in procs if p.poll() is None):
-            proc.kill()
-            proc.wait(10)
+def worker_processes(env: dict[str, str], log_dir: Path) -> ContextManager[Spawn]:
+    """Worker processes of this app, started by ``spawn()``; killed at the end of the block."""
+    return spawn_workers("apps.guarantee_app", env, log_dir)

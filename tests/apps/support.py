@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,3 +96,32 @@ def listeners(dsn: str) -> int:
             "and query ilike 'listen pgdurable_wake%%'",
         )
     )
+
+
+TESTS = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def spawn_workers(
+    module: str, env: dict[str, str], log_dir: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """A ``spawn(concurrency)`` starting ``python -m apps.run_worker MODULE N`` processes (a log
+    each in log_dir); the ones still alive at the end of the block are killed (SIGKILL ends a
+    stopped one too)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    name = module.rsplit(".", 1)[-1]
+
+    def spawn(concurrency: int = 2) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "apps.run_worker", module, str(concurrency)]
+        with open(log_dir / f"{name}-worker{len(procs)}.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+        return procs[-1]
+
+    try:
+        yield spawn
+    finally:
+        for proc in (p for p in procs if p.poll() is None):
+            proc.kill()
+            proc.wait(10)

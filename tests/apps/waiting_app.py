@@ -9,41 +9,22 @@ compensation has been checkpointed and the next operation has not.
 from __future__ import annotations
 
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
 import pgdurable
 
 from .crash_app import note, prepare
-from .support import scalar, wait_for_file, wait_until
+from .support import scalar, spawn_workers, wait_for_file, wait_until
 
-TESTS = Path(__file__).resolve().parent.parent
-Spawn = Callable[[], "subprocess.Popen[bytes]"]
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
-@contextmanager
-def worker_processes(env: dict[str, str], log_dir: Path) -> Iterator[Spawn]:
-    """A ``spawn()`` that starts a worker process of this app (logs in log_dir); the processes
-    still alive at the end of the block are killed."""
-    procs: list[subprocess.Popen[bytes]] = []
-    cmd = [sys.executable, "-m", "apps.run_worker", "apps.waiting_app", "2"]
-
-    def spawn() -> subprocess.Popen[bytes]:
-        with open(log_dir / f"waiting-worker{len(procs)}.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(cmd, cwd=TESTS, env=env, stdout=log, stderr=subprocess.STDOUT)
-            )
-        return procs[-1]
-
-    try:
-        yield spawn
-    finally:
-        for proc in (p for p in procs if p.poll() is None):
-            proc.kill()
-            proc.wait(10)
+def worker_processes(env: dict[str, str], log_dir: Path) -> ContextManager[Spawn]:
+    """Worker processes of this app, started by ``spawn()``; killed at the end of the block."""
+    return spawn_workers("apps.waiting_app", env, log_dir)
 
 
 def effects(dsn: str, tag: str, what: str) -> int:
