@@ -86,14 +86,15 @@ def execute(
         outcome, value = _execute(app, claim, conn, stop, held)
     finally:
         app.leases.release(held)
-    error = _safe_repr(value) if isinstance(value, BaseException) else None
-    log.info(
-        "run %s (%s) %s",
-        claim.run_id,
-        claim.workflow_name,
-        outcome,
-        extra=claim.log_fields(outcome=outcome, error=error),
-    )
+    if log.isEnabledFor(logging.INFO):  # the fields are built per run: only when logged
+        error = _safe_repr(value) if isinstance(value, BaseException) else None
+        log.info(
+            "run %s (%s) %s",
+            claim.run_id,
+            claim.workflow_name,
+            outcome,
+            extra=claim.log_fields(outcome=outcome, error=error),
+        )
     return outcome, value
 
 
@@ -113,13 +114,14 @@ def _execute(
         )
         log.warning("handing back run %s: %s", claim.run_id, reason, extra=claim.log_fields())
         return _guarded(app, claim, conn, _release, conn, claim, reason, UNKNOWN_WORKFLOW_DELAY)
-    log.info(
-        "run %s (%s) claimed, attempt %s",
-        claim.run_id,
-        claim.workflow_name,
-        claim.attempt,
-        extra=claim.log_fields(worker_id=app.worker_id),
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "run %s (%s) claimed, attempt %s",
+            claim.run_id,
+            claim.workflow_name,
+            claim.attempt,
+            extra=claim.log_fields(worker_id=app.worker_id),
+        )
     try:
         args, kwargs = _decode_input(app, claim)
         history = _load_history(app, conn, claim) if claim.has_history else {}
