@@ -485,7 +485,7 @@ def test_a_connection_of_the_wrong_kind_is_refused_with_a_type_error(
     assert run_count(dsn) == 0
 
 
-def test_async_calls_inside_workflow_code_are_refused_and_inside_a_step_allowed(
+def test_async_calls_in_sync_workflow_code_are_refused_and_inside_a_step_allowed(
     app: pgdurable.App, dsn: str
 ) -> None:
     @app.step()
@@ -503,10 +503,10 @@ def test_async_calls_inside_workflow_code_are_refused_and_inside_a_step_allowed(
     h = inside.start("o-1")
     with running_worker(app), pytest.raises(pgdurable.WorkflowFailed) as info:
         h.result(timeout=15)
-    assert info.value.error_type == "RuntimeError"
+    assert info.value.error_type == "TypeError"
     assert info.value.message == (
-        "emit_event_async() inside a workflow would not be recorded: call emit_event() there, "
-        "which is durable (async workflows are not supported yet)"
+        "app.emit_event_async() is the async form, and this workflow is a plain (sync) one: "
+        "call app.emit_event() instead"
     )
     assert query(dsn, "select name from pgdurable.events order by name") == [("noted:o-1",)]
 
@@ -602,7 +602,7 @@ NO_TWIN = {
         "workflow": "a decorator, not I/O",
         "step": "a decorator, not I/O",
         "transaction": "a decorator, not I/O",
-        "worker": "async workflow execution is a later piece",
+        "worker": "builds a Worker (no I/O); it runs async workflows on its own event loop",
         "connect": "returns a sync connection by definition",
         "init_schema": "an administrative call (pgdurable init)",
         "check_schema": "an administrative call (pgdurable check)",
@@ -610,6 +610,7 @@ NO_TWIN = {
         "connection_lost": "the sync pool's recovery",
         "use_database": "no I/O of its own: points the App elsewhere, closing both pools",
         "async_connection": "async by definition",
+        "async_pool": "async by definition",
         "watch_done": "async by definition",
         "watch_stream": "async by definition",
     },

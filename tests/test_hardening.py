@@ -473,13 +473,28 @@ def test_worker_warns_about_workflows_on_queues_it_does_not_claim(
     assert "h.child (queue default)" in warning.getMessage()
 
 
-def test_async_functions_are_refused_at_decoration(app: pgdurable.App) -> None:
-    async def fetch() -> str:
+def test_generator_functions_are_refused_at_decoration_and_async_ones_accepted(
+    app: pgdurable.App,
+) -> None:
+    def numbers() -> Any:
+        yield 1
+
+    async def tokens() -> Any:
+        yield "a"
+
+    async def fetch(*_: Any) -> str:
         return "x"
 
-    for decorator in (app.workflow(), app.step(), app.transaction()):
-        with pytest.raises(TypeError, match="async function"):
-            decorator(fetch)
+    for kind, decorator in (
+        ("workflow", app.workflow),
+        ("step", app.step),
+        ("transaction", app.transaction),
+    ):
+        for gen in (numbers, tokens):
+            with pytest.raises(TypeError, match=rf"@app\.{kind}\(\) got the generator function"):
+                decorator(name=f"gen.{kind}.{gen.__name__}")(gen)
+        assert decorator(name=f"ok.{kind}")(fetch).is_async is True
+    assert set(app.workflows) == {"ok.workflow"}, "a refused workflow is not registered"
 
 
 # --- logs an operator can use ------------------------------------------------------------------

@@ -9,10 +9,13 @@ from pathlib import Path
 from conftest import ROOT
 from pgdurable._queries import Q, parse
 
-# Q["name"], and the first argument after the connection of call_sql / _sql / the CLI's call.
+# Q["name"], the first argument after the connection of call_sql / _sql / the CLI's call, and
+# the name of a plan's Sql(...) request.
 _USES = (
     re.compile(r"""\bQ\[\s*["'](\w+)["']\s*\]"""),
     re.compile(r"""\b(?:call_sql|_sql|call)\(\s*[\w.]+,\s*["'](\w+)["']"""),
+    # a plan's request: Sql("name", params)
+    re.compile(r"""\bSql\(\s*["'](\w+)["']"""),
 )
 
 

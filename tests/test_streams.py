@@ -31,7 +31,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import pgdurable
 from apps.support import query, running_worker, scalar, shift_clock, wait_for_file, wait_until
 from conftest import PYTHON, ROOT
-from pgdurable._streams import close_stream, read_stream, write_stream
+from pgdurable._stream_writes import close_stream, write_stream
+from pgdurable._streams import read_stream
 
 
 def stream(dsn: str, run_id: Any, key: str) -> list[Any]:

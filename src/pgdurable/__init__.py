@@ -35,10 +35,29 @@ from ._errors import (
 from ._handle import RunHandle
 from ._remote_errors import register_error
 from ._retry import Retry
+from ._sagas import compensate, compensate_async, patched, patched_async
 from ._schema import SCHEMA_VERSION, schema_sql
-from ._steps import now, random, sleep, sleep_until, uuid4
-from ._streams import close_stream, write_stream
-from ._waiting import compensate, gather, patched, recv, wait_for_event
+from ._steps import (
+    now,
+    now_async,
+    random,
+    random_async,
+    sleep,
+    sleep_async,
+    sleep_until,
+    sleep_until_async,
+    uuid4,
+    uuid4_async,
+)
+from ._stream_writes import close_stream, close_stream_async, write_stream, write_stream_async
+from ._waiting import (
+    gather,
+    gather_async,
+    recv,
+    recv_async,
+    wait_for_event,
+    wait_for_event_async,
+)
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -102,18 +121,30 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowIdConflict",
     "close_stream",
+    "close_stream_async",
     "compensate",
+    "compensate_async",
     "current_run",
     "gather",
+    "gather_async",
     "now",
+    "now_async",
     "patched",
+    "patched_async",
     "random",
+    "random_async",
     "recv",
+    "recv_async",
     "register_error",
     "schema_sql",
     "sleep",
+    "sleep_async",
     "sleep_until",
+    "sleep_until_async",
     "uuid4",
+    "uuid4_async",
     "wait_for_event",
+    "wait_for_event_async",
     "write_stream",
+    "write_stream_async",
 ]

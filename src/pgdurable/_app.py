@@ -23,19 +23,19 @@ from ._queries import Q
 from ._retry import Retry
 from ._runtime import Registered, Runtime
 from ._starting import found, run_key, start, start_async
-from ._waiting import emit_in_run, send_in_run
+from ._waiting import emit_plan, send_plan
 from ._worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _reject_async(kind: str, fn: Callable[..., Any]) -> None:
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+def _reject_generators(kind: str, fn: Callable[..., Any]) -> None:
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         raise TypeError(
-            f"@app.{kind}() got the async function {fn.__qualname__}: async workflows, steps and "
-            "transactions are not supported yet; make it a plain def (run async code inside a "
-            "step with asyncio.run) or wait for async support"
+            f"@app.{kind}() got the generator function {fn.__qualname__}: a {kind} returns one "
+            "value (a plain def or an async def); to hand out values as they come, write them "
+            "to a durable stream with pgdurable.write_stream()"
         )
 
 
@@ -76,7 +76,7 @@ class App(Runtime):
         """
 
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
-            _reject_async("workflow", fn)
+            _reject_generators("workflow", fn)
             wf_name = check_name("workflow", name or fn.__qualname__.replace("<locals>.", ""))
             check_name("queue", queue)
             if wf_name in self.workflows:
@@ -96,18 +96,19 @@ class App(Runtime):
         """Declare a step: at-least-once, its result checkpointed, retried per ``retry``."""
 
         def wrap(fn: Callable[P, R]) -> Step[P, R]:
-            _reject_async("step", fn)
+            _reject_generators("step", fn)
             return Step(fn, check_name("step", name or fn.__name__), retry or Retry())
 
         return wrap
 
     def transaction(
         self, name: str | None = None, *, retry: Retry | None = None
-    ) -> Callable[[Callable[Concatenate[psycopg.Connection[Any], P], R]], Transaction[P, R]]:
-        """Declare a transaction step: its writes and its checkpoint commit together."""
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Transaction[P, R]]:
+        """Declare a transaction step: its writes and its checkpoint commit together. A plain
+        def gets a psycopg.Connection, an async def an AsyncConnection (for async workflows)."""
 
-        def wrap(fn: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> Transaction[P, R]:
-            _reject_async("transaction", fn)
+        def wrap(fn: Callable[Concatenate[Any, P], R]) -> Transaction[P, R]:
+            _reject_generators("transaction", fn)
             policy = retry or Retry(max_attempts=3, initial_delay=0.05)
             return Transaction(self, fn, check_name("transaction", name or fn.__name__), policy)
 
@@ -144,7 +145,7 @@ class App(Runtime):
         is checkpointed; with ``conn`` it exists only if that transaction commits."""
         ctx = _context.current()
         if ctx is not None and conn is None:
-            emit_in_run(ctx, name, payload)
+            ctx.sync_driver("app.emit_event").run(emit_plan(ctx, name, payload))
             return
         conn = sync_conn(conn, "emit_event")
         params = event_params(name, payload, self.limits)
@@ -157,9 +158,13 @@ class App(Runtime):
     async def emit_event_async(
         self, name: str, payload: Any = None, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> None:
-        """``emit_event()`` for asyncio code, outside a workflow; with ``conn`` (an
-        AsyncConnection) the event exists only if that transaction commits."""
-        refuse_in_workflow("emit_event_async")
+        """``emit_event()`` for asyncio code; with ``conn`` (an AsyncConnection) the event exists
+        only if that transaction commits. In an async workflow it is checkpointed."""
+        ctx = _context.current()
+        if ctx is not None and conn is None:
+            plan = emit_plan(ctx, name, payload)
+            await ctx.async_driver("app.emit_event_async").run(plan)
+            return
         conn = async_conn(conn, "emit_event_async")
         params = event_params(name, payload, self.limits)
         if conn is not None:
@@ -180,7 +185,7 @@ class App(Runtime):
         Raises RunNotFound for an unknown run, InvalidState for a finished one."""
         ctx = _context.current()
         if ctx is not None and conn is None:
-            send_in_run(ctx, str(target), payload, topic)
+            ctx.sync_driver("app.send").run(send_plan(ctx, str(target), payload, topic))
             return
         conn = sync_conn(conn, "send")
         params = message_params(target, payload, topic, self.limits)
@@ -198,9 +203,13 @@ class App(Runtime):
         topic: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> None:
-        """``send()`` for asyncio code, outside a workflow; with ``conn`` (an AsyncConnection)
-        the message exists only if that transaction commits."""
-        refuse_in_workflow("send_async")
+        """``send()`` for asyncio code; with ``conn`` (an AsyncConnection) the message exists
+        only if that transaction commits. In an async workflow it is checkpointed."""
+        ctx = _context.current()
+        if ctx is not None and conn is None:
+            plan = send_plan(ctx, str(target), payload, topic)
+            await ctx.async_driver("app.send_async").run(plan)
+            return
         conn = async_conn(conn, "send_async")
         params = message_params(target, payload, topic, self.limits)
         if conn is not None:

@@ -52,9 +52,11 @@ class RunContext:
     workflow_id: str
     workflow_name: str
     attempt: int
-    conn: psycopg.Connection[Any]
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
     history: dict[int, Record]
     held: Held
+    # what carries out this run's requests (_drive.py): SyncDriver or AsyncDriver
+    driver: Any = None
     retry_step_key: str | None = None
     retry_step_attempts: int = 0
     seq: int = 0
@@ -84,6 +86,28 @@ class RunContext:
                 "for it, or guard the change with pgdurable.patched()"
             )
         return seq, key, rec
+
+    @property
+    def is_async(self) -> bool:
+        return bool(self.driver.is_async)
+
+    def sync_driver(self, what: str) -> Any:
+        """The driver for a sync durable call; an async run refuses it (it would block)."""
+        if self.driver.is_async:
+            raise TypeError(
+                f"{what}() is the sync form, and this workflow is async: "
+                f"`await {what}_async(...)` instead"
+            )
+        return self.driver
+
+    def async_driver(self, what: str) -> Any:
+        """The driver for an ``_async`` durable call; a sync run refuses it."""
+        if not self.driver.is_async:
+            raise TypeError(
+                f"{what}() is the async form, and this workflow is a plain (sync) "
+                f"one: call {what.removesuffix('_async')}() instead"
+            )
+        return self.driver
 
     def check_alive(self) -> None:
         """Called before each new durable operation: stop here if the run must not go on."""

@@ -26,12 +26,13 @@ def call_sql(conn: psycopg.Connection[Any], name: str, params: Sequence[Any] | N
         raise mapped from exc
 
 
-def is_connection_error(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> bool:
+def is_connection_error(exc: BaseException, conn: Any = None) -> bool:
     """True when ``exc`` means the connection is lost (hand the run back and reconnect); False
     for an error of one statement (too large, cancelled, disk full, bad data...), which fails
     that operation and leaves the session usable."""
     if not isinstance(exc, psycopg.Error):
         return False
+    # conn: the psycopg Connection or AsyncConnection the statement ran on, if known
     if conn is not None and conn.broken:
         return True
     state = exc.sqlstate

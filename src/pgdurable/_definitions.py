@@ -4,24 +4,27 @@ runs normally. The App that registers them is separate (_app.py)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _async_queries as aq
-from . import _codec, _context, _steps
+from . import _codec, _context
 from ._async_queries import async_conn, sync_conn
-from ._children import start_child
+from ._children import child_plan
 from ._db import call_sql
-from ._executor import run_here
+from ._executor import run_here, run_here_async
 from ._handle import RunHandle, refuse_in_workflow
 from ._names import check_text
 from ._options import StartOptions
 from ._retry import Retry
 from ._starting import start, start_async
+from ._steps import step_plan, transaction_plan
+from ._waiting import result_plan
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -30,8 +33,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _mismatch(kind: str, name: str) -> TypeError:
+    return TypeError(
+        f"{kind} {name!r} is an async def but runs in a plain (sync) workflow, which cannot "
+        "await it: make the workflow `async def` and `await` the call, or make the "
+        f"{kind} a plain def"
+    )
+
+
 class Workflow(Generic[P, R]):
-    """A registered workflow. Call it to run durably here; ``start()`` to enqueue it."""
+    """A registered workflow. Call it to run durably here; ``start()`` to enqueue it. An async
+    def workflow runs on a worker's event loop, and its durable calls are awaited."""
 
     def __init__(
         self,
@@ -48,6 +60,7 @@ class Workflow(Generic[P, R]):
         self.name = name
         self.queue = queue
         self.max_recoveries = max_recoveries
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -172,28 +185,64 @@ class WorkflowCall(Generic[P, R]):
         self.conn = conn
 
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+        """Enqueue a run and return its handle; inside a workflow, start a child run (durably:
+        a replay returns the same child)."""
         ctx = _context.current()
         if ctx is not None:
-            return start_child(ctx, self.wf, self.opts, args, kwargs)
+            plan = child_plan(ctx, self.wf, self.opts, args, kwargs)
+            child: RunHandle[R] = ctx.sync_driver(f"{self.wf.name}.start").run(plan)
+            return child
         conn = sync_conn(self.conn, "start")
         return start(self.wf.app, self.wf.name, args, dict(kwargs), self.opts, conn, self.wf)
 
     async def start_async(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
         """``start()`` for asyncio code; with ``options(conn=<AsyncConnection>)`` the run exists
-        only if that connection's transaction commits."""
-        refuse_in_workflow("start_async")
+        only if that connection's transaction commits. In an async workflow it starts a child
+        run, durably."""
+        ctx = _context.current()
+        if ctx is not None:
+            plan = child_plan(ctx, self.wf, self.opts, args, kwargs)
+            child: RunHandle[R] = await ctx.async_driver(f"{self.wf.name}.start_async").run(plan)
+            return child
         conn = async_conn(self.conn, "start_async")
         return await start_async(
             self.wf.app, self.wf.name, args, dict(kwargs), self.opts, conn, self.wf
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the workflow and return its result: inside a workflow as a child run (awaited
+        in an async workflow); outside, executed here (an async def workflow returns a
+        coroutine to await)."""
         ctx = _context.current()
         if ctx is not None:
-            child: RunHandle[R] = start_child(ctx, self.wf, self.opts, args, kwargs)
-            return child.result()
-        result: R = run_here(self.wf.app, self.start(*args, **kwargs))
+            if ctx.is_async:
+                return cast(R, self._child_async(ctx, args, kwargs))
+            driver = ctx.sync_driver(self.wf.name)
+            child: RunHandle[R] = driver.run(child_plan(ctx, self.wf, self.opts, args, kwargs))
+            result: R = driver.run(
+                result_plan(ctx, child.run_id, child.workflow_id, child.workflow_name)
+            )
+            return result
+        if self.wf.is_async:
+            return cast(R, self._here_async(args, kwargs))
+        result = run_here(self.wf.app, self.start(*args, **kwargs))
         return result
+
+    async def _child_async(
+        self, ctx: _context.RunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        driver = ctx.async_driver(self.wf.name)
+        child = await driver.run(child_plan(ctx, self.wf, self.opts, args, kwargs))
+        return await driver.run(
+            result_plan(ctx, child.run_id, child.workflow_id, child.workflow_name)
+        )
+
+    async def _here_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        conn = async_conn(self.conn, "start_async")
+        handle = await start_async(
+            self.wf.app, self.wf.name, args, dict(kwargs), self.opts, conn, self.wf
+        )
+        return await run_here_async(self.wf.app, handle)
 
 
 class Step(Generic[P, R]):
@@ -203,6 +252,7 @@ class Step(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -210,11 +260,16 @@ class Step(Generic[P, R]):
         return f"<pgdurable step {self.name!r}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Inside a workflow: the step, durably (in an async workflow, a coroutine to await; a
+        plain step then runs in a thread). Outside one: a plain call."""
         ctx = _context.current()
         if ctx is None:
             return self.fn(*args, **kwargs)
-        result: R = _steps.run_step(ctx, "step", self.name, self.retry, self.fn, args, kwargs)
-        return result
+        driver = ctx.driver
+        if self.is_async and not driver.is_async:
+            raise _mismatch("step", self.name)
+        plan = step_plan(ctx, "step", self.name, self.retry, self.fn, args, kwargs)
+        return cast(R, driver.run(plan))
 
 
 class Transaction(Generic[P, R]):
@@ -224,7 +279,7 @@ class Transaction(Generic[P, R]):
     def __init__(
         self,
         app: Runtime,
-        fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        fn: Callable[Concatenate[Any, P], R],
         name: str,
         retry: Retry,
     ) -> None:
@@ -232,6 +287,7 @@ class Transaction(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -239,9 +295,27 @@ class Transaction(Generic[P, R]):
         return f"<pgdurable transaction {self.name!r}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Inside a workflow: the transaction step, durably (awaited in an async workflow, which
+        needs an async def transaction). Outside one: the function in a transaction of its
+        own (a coroutine to await for an async def)."""
         ctx = _context.current()
         if ctx is None:
+            if self.is_async:
+                return cast(R, self._alone_async(args, kwargs))
             with self.app.pool.connection() as conn, conn.transaction():
                 return self.fn(conn, *args, **kwargs)
-        result: R = _steps.run_transaction(ctx, self.name, self.retry, self.fn, args, kwargs)
-        return result
+        driver = ctx.driver
+        if self.is_async != driver.is_async:
+            if self.is_async:
+                raise _mismatch("transaction", self.name)
+            raise TypeError(
+                f"transaction {self.name!r} is a plain def but runs in an async workflow: make "
+                "it `async def` (it receives a psycopg.AsyncConnection, in the transaction "
+                "its checkpoint commits in) and await it"
+            )
+        plan = transaction_plan(ctx, self.name, self.retry, self.fn, args, kwargs)
+        return cast(R, driver.run(plan))
+
+    async def _alone_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        async with self.app.async_connection() as conn, conn.transaction():
+            return await cast(Any, self.fn)(conn, *args, **kwargs)

@@ -23,12 +23,14 @@ from ._errors import RunNotFound
 from ._queries import Q
 from ._remote_errors import run_outcome
 from ._streams import Reading, read_stream
-from ._waiting import wait_result
+from ._waiting import result_plan
 
 if TYPE_CHECKING:
     import psycopg
 
     from ._codec import Limits
+    from ._context import RunContext
+    from ._ops import Plan
     from ._runtime import Runtime
 
 R = TypeVar("R")
@@ -40,12 +42,13 @@ POLL = 1.0
 
 
 def refuse_in_workflow(call: str) -> None:
-    """The async calls are not durable (yet): inside workflow code one would not be recorded,
-    and a replay would repeat it. Inside a step they are plain calls, like their sync twins."""
+    """Calls that are not durable operations: in workflow code one would not be recorded, and a
+    replay would repeat it. Inside a step they are plain calls, like their sync twins."""
     if current() is not None:
         raise RuntimeError(
-            f"{call}() inside a workflow would not be recorded: call {call.removesuffix('_async')}"
-            "() there, which is durable (async workflows are not supported yet)"
+            f"{call}() inside workflow code would not be recorded, so a replay would repeat it: "
+            "do it in a step, or use the durable operations (result_async(), "
+            "pgdurable.gather_async(), a child workflow's start_async())"
         )
 
 
@@ -123,6 +126,15 @@ class RunHandle(Generic[R]):
     def __hash__(self) -> int:
         return hash(self.run_id)
 
+    def _in_workflow(self, ctx: RunContext, timeout: float | None) -> Plan[Any]:
+        """result() inside a workflow: a durable wait that holds no worker meanwhile."""
+        if timeout is not None:
+            raise ValueError(
+                "inside a workflow result() waits durably and takes no timeout: give the "
+                "child a deadline with .options(timeout=...) instead"
+            )
+        return result_plan(ctx, self.run_id, self.workflow_id, self.workflow_name)
+
     # --- sync ------------------------------------------------------------------------------
 
     def _state(self, conn: psycopg.Connection[Any] | None = None) -> tuple[str, Any, Any]:
@@ -143,12 +155,8 @@ class RunHandle(Generic[R]):
         """
         ctx = current()
         if ctx is not None:
-            if timeout is not None:
-                raise ValueError(
-                    "inside a workflow result() waits durably and takes no timeout: give the "
-                    "child a deadline with .options(timeout=...) instead"
-                )
-            return wait_result(ctx, self)
+            result: R = ctx.sync_driver("handle.result").run(self._in_workflow(ctx, timeout))
+            return result
         timeout, deadline = result_deadline(timeout, "result")
         status, output, error = self._state()
         if status in FINISHED:
@@ -216,7 +224,11 @@ class RunHandle(Generic[R]):
         Every wait of one event loop shares one LISTEN connection (not one each); each also
         re-reads its run every second, the fallback when notifications cannot arrive.
         """
-        refuse_in_workflow("result_async")
+        ctx = current()
+        if ctx is not None:  # in an async workflow: result()'s durable wait
+            plan = self._in_workflow(ctx, timeout)
+            result: R = await ctx.async_driver("handle.result_async").run(plan)
+            return result
         timeout, deadline = result_deadline(timeout, "result_async")
         status, output, error = await self._state_async()
         if status in FINISHED:

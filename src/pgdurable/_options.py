@@ -64,6 +64,14 @@ class StartOptions:
         self.parent_id = parent_id
         self.require_registered = False
 
+    def copy(self) -> StartOptions:
+        """A copy to fill in per call (a child's workflow id), leaving a reused
+        ``wf.options(...)`` as it was."""
+        twin = StartOptions.__new__(StartOptions)
+        for name in StartOptions.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
     def to_json(self, default_queue: str | None, default_recoveries: int | None) -> dict[str, Any]:
         # no queue at all: start_run uses the one the workflow's workers registered
         out: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._async_queries import AsyncSide, closing
 from ._codec import DEFAULT_LIMITS, Limits
@@ -247,6 +247,12 @@ class Runtime:
                 if self._aside is side:
                     self._aside = None
             raise
+
+    async def async_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        """The App's async pool on the running event loop (opened on first use)."""
+        side = await self._async_side()
+        assert side.pool is not None
+        return side.pool
 
     @contextlib.asynccontextmanager
     async def async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

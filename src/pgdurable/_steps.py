@@ -1,11 +1,12 @@
-"""Durable operations inside a run: steps, transactions, sleeps, recorded values, children."""
+"""Durable operations inside a run, as plans (_ops.py): steps, transaction steps, sleeps and
+recorded values, each with its sync call and its ``_async`` twin (which differ only in the
+driver that carries the plan out)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random as _random
-import time
 import uuid as _uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -15,17 +16,14 @@ import psycopg
 
 from . import _codec
 from ._context import Record, RunContext, Suspended, require
-from ._db import call_sql, describe, is_connection_error
+from ._db import describe, is_connection_error
 from ._durations import seconds
 from ._errors import Cancelled, LeaseLost, NonRetryableError, SerializationError
+from ._ops import Atomic, Invoke, Pause, Plan, Sql
 from ._remote_errors import replay_error
 from ._retry import Retry
 
 log = logging.getLogger("pgdurable.executor")
-
-
-def _sql(ctx: RunContext, name: str, params: tuple[Any, ...]) -> Any:
-    return call_sql(ctx.conn, name, params)
 
 
 def _replayed(rec: Record) -> Any:
@@ -34,7 +32,7 @@ def _replayed(rec: Record) -> Any:
     return rec.output
 
 
-def _record(
+def record(
     ctx: RunContext,
     seq: int,
     key: str,
@@ -44,18 +42,16 @@ def _record(
     error: dict[str, Any] | None = None,
     attempts: int = 1,
     started: datetime | None = None,
-) -> None:
+) -> Sql:
+    """The request that stores one checkpoint, fenced by the run's attempt."""
     err = None if error is None else _codec.checked(error, "error", ctx.app.limits)
     if ctx.compensating:
         # A failing or cancelled run undoing its work: allowed past a cancel request.
-        _sql(
-            ctx,
+        return Sql(
             "record_compensation",
             (ctx.run_id, ctx.attempt, seq, key, name, output, err, attempts),
         )
-        return
-    _sql(
-        ctx,
+    return Sql(
         "record_checkpoint",
         (ctx.run_id, ctx.attempt, seq, key, kind, name, output, err, attempts, started),
     )
@@ -81,50 +77,43 @@ def _on_failure(
     attempts: int,
     exc: Exception,
     started: datetime,
-) -> float | None:
-    """Decide after a failed attempt: seconds to wait in place, or record/suspend and raise."""
+) -> Plan[None]:
+    """After a failed attempt: wait in place and return, or record / suspend and raise."""
     final = isinstance(exc, (NonRetryableError, SerializationError)) or policy.exhausted(attempts)
     error = _codec.error_json(exc, ctx.app.limits)
     if final:
-        _record(ctx, seq, key, kind, name, None, error, attempts, started)
+        yield record(ctx, seq, key, kind, name, None, error, attempts, started)
         raise exc
     delay = policy.delay(attempts)
-    log.info(
-        "step %s of run %s failed (attempt %s of %s), retrying in %.2f s: %s: %s",
-        key,
-        ctx.run_id,
-        attempts,
-        policy.max_attempts,
-        delay,
-        error["type"],
-        str(error["message"])[:200],
-        extra={
-            "run_id": str(ctx.run_id),
-            "workflow": ctx.workflow_name,
-            "step": key,
-            "attempt": attempts,
-            "delay": round(delay, 3),
-            "error": f"{error['type']}: {str(error['message'])[:500]}",
-        },
-    )
-    if delay <= policy.inline_limit:
-        return delay
-    _sql(
-        ctx,
-        "schedule_retry",
-        (
-            ctx.run_id,
-            ctx.attempt,
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "step %s of run %s failed (attempt %s of %s), retrying in %.2f s: %s: %s",
             key,
+            ctx.run_id,
             attempts,
+            policy.max_attempts,
             delay,
-            _codec.checked(error, "error", ctx.app.limits),
-        ),
-    )
-    raise Suspended()
+            error["type"],
+            str(error["message"])[:200],
+            extra={
+                "run_id": str(ctx.run_id),
+                "workflow": ctx.workflow_name,
+                "step": key,
+                "attempt": attempts,
+                "delay": round(delay, 3),
+                "error": f"{error['type']}: {str(error['message'])[:500]}",
+            },
+        )
+    if delay > policy.inline_limit:
+        checked = _codec.checked(error, "error", ctx.app.limits)
+        yield Sql("schedule_retry", (ctx.run_id, ctx.attempt, key, attempts, delay, checked))
+        raise Suspended()
+    if delay:
+        yield Pause(delay)
+    ctx.check_alive()
 
 
-def run_step(
+def step_plan(
     ctx: RunContext,
     kind: str,
     name: str,
@@ -132,39 +121,37 @@ def run_step(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> Any:
+) -> Plan[Any]:
+    """A step: replayed from its checkpoint, or called (retried per ``policy``) and recorded."""
     seq, key, rec = ctx.next_op(kind, name)
     if rec is not None:
         return _replayed(rec)
     ctx.check_alive()
     attempts = _attempts_so_far(ctx, key)
     started = datetime.now(timezone.utc)
+    what = f"{kind} {name!r}"
     while True:
         attempts += 1
         ctx.step_attempt += 1
         ctx.in_step = True
         try:
-            value = fn(*args, **kwargs)
+            value = yield Invoke(fn, args, kwargs, what)
             stored, seen = _encode_result(ctx, value, kind, name)
         except Exception as exc:
             ctx.in_step = False
-            _retry_wait(ctx, _on_failure(ctx, seq, key, kind, name, policy, attempts, exc, started))
+            yield from _on_failure(ctx, seq, key, kind, name, policy, attempts, exc, started)
             continue
         finally:
             ctx.in_step = False
         try:
-            _record(ctx, seq, key, kind, name, stored, None, attempts, started)
+            yield record(ctx, seq, key, kind, name, stored, None, attempts, started)
         except psycopg.Error as exc:
             if is_connection_error(exc, ctx.conn):
                 raise
             # The server refused to store the result (a limit, a full disk...): the step
             # failed, and its retry policy decides what happens next.
-            failure = _StoreFailed(
-                f"the result of {kind} {name!r} could not be stored: {describe(exc)}"
-            )
-            _retry_wait(
-                ctx, _on_failure(ctx, seq, key, kind, name, policy, attempts, failure, started)
-            )
+            failure = _StoreFailed(f"the result of {what} could not be stored: {describe(exc)}")
+            yield from _on_failure(ctx, seq, key, kind, name, policy, attempts, failure, started)
             continue
         return seen
 
@@ -173,99 +160,164 @@ class _StoreFailed(Exception):
     """A step's result that the database refused to store (its error names the SQLSTATE)."""
 
 
-def _retry_wait(ctx: RunContext, wait: float | None) -> None:
-    if wait:
-        time.sleep(wait)
-    ctx.check_alive()
+def _transaction_body(
+    ctx: RunContext,
+    seq: int,
+    key: str,
+    name: str,
+    attempts: int,
+    started: datetime,
+    call: Invoke,
+) -> Plan[Any]:
+    ctx.in_step = True
+    try:
+        value = yield call
+    finally:
+        ctx.in_step = False
+    stored, seen = _encode_result(ctx, value, "transaction", name)
+    # The checkpoint commits with the application's writes, fenced by the run's attempt: a
+    # worker that lost its lease rolls both back.
+    yield record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
+    return seen
 
 
-def run_transaction(
+def transaction_plan(
     ctx: RunContext,
     name: str,
     policy: Retry,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> Any:
+) -> Plan[Any]:
+    """A transaction step: the user's writes and the checkpoint in one transaction."""
     seq, key, rec = ctx.next_op("transaction", name)
     if rec is not None:
         return _replayed(rec)
     ctx.check_alive()
     attempts = _attempts_so_far(ctx, key)
     started = datetime.now(timezone.utc)
-    conn = ctx.conn
+    call = Invoke(fn, args, kwargs, f"transaction {name!r}", with_conn=True)
     while True:
         attempts += 1
         ctx.step_attempt += 1
         try:
-            with conn.transaction():
-                ctx.in_step = True
-                try:
-                    value = fn(conn, *args, **kwargs)
-                finally:
-                    ctx.in_step = False
-                stored, seen = _encode_result(ctx, value, "transaction", name)
-                # The checkpoint commits with the application's writes, fenced by the run's
-                # attempt: a worker that lost its lease rolls both back.
-                _record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
-            return seen
+            body = _transaction_body(ctx, seq, key, name, attempts, started, call)
+            return (yield Atomic(body))
         except (LeaseLost, Cancelled):
             raise
         except Exception as exc:
-            if is_connection_error(exc, conn):
+            if is_connection_error(exc, ctx.conn):
                 raise
-            _retry_wait(
-                ctx,
-                _on_failure(ctx, seq, key, "transaction", name, policy, attempts, exc, started),
+            yield from _on_failure(
+                ctx, seq, key, "transaction", name, policy, attempts, exc, started
             )
 
 
-def sleep(duration: float | timedelta) -> None:
-    """Sleep durably: the run leaves the worker and a timer wakes it, even days later."""
-    secs = float(seconds(duration, "pgdurable.sleep() duration", allow_none=False) or 0.0)
-    ctx = require("sleep")
-    _sleep(ctx, secs, None)
+def _sleep_seconds(duration: float | timedelta, what: str) -> float:
+    return float(seconds(duration, f"{what}() duration", allow_none=False) or 0.0)
 
 
-def sleep_until(when: datetime) -> None:
-    """Sleep durably until ``when`` (an aware datetime)."""
-    if when.tzinfo is None:
-        raise ValueError("pgdurable.sleep_until() needs an aware datetime (with tzinfo)")
-    ctx = require("sleep_until")
-    _sleep(ctx, 0.0, when)
+def _aware(when: datetime, what: str) -> datetime:
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise ValueError(f"{what}() needs an aware datetime (with tzinfo), got {when!r}")
+    return when
 
 
-def _sleep(ctx: RunContext, secs: float, until: datetime | None) -> None:
+def sleep_plan(ctx: RunContext, secs: float, until: datetime | None) -> Plan[None]:
     seq, key, rec = ctx.next_op("sleep", "sleep")
     if rec is None:
         ctx.check_alive()
-    row = _sql(ctx, "sleep_run", (ctx.run_id, ctx.attempt, seq, key, secs, until)).fetchone()
+    row = yield Sql("sleep_run", (ctx.run_id, ctx.attempt, seq, key, secs, until), "one")
     if row[1]:
         raise Suspended()
 
 
-def _value(kind_name: str, make: Callable[[], Any]) -> Any:
-    ctx = require(kind_name)
+def sleep(duration: float | timedelta) -> None:
+    """Sleep durably: the run leaves the worker and a timer wakes it, even days later."""
+    secs = _sleep_seconds(duration, "pgdurable.sleep")
+    ctx = require("sleep")
+    ctx.sync_driver("pgdurable.sleep").run(sleep_plan(ctx, secs, None))
+
+
+async def sleep_async(duration: float | timedelta) -> None:
+    """``sleep()`` in an async workflow: ``await pgdurable.sleep_async(timedelta(days=3))``."""
+    secs = _sleep_seconds(duration, "pgdurable.sleep_async")
+    ctx = require("sleep_async")
+    await ctx.async_driver("pgdurable.sleep_async").run(sleep_plan(ctx, secs, None))
+
+
+def sleep_until(when: datetime) -> None:
+    """Sleep durably until ``when`` (an aware datetime)."""
+    _aware(when, "pgdurable.sleep_until")
+    ctx = require("sleep_until")
+    ctx.sync_driver("pgdurable.sleep_until").run(sleep_plan(ctx, 0.0, when))
+
+
+async def sleep_until_async(when: datetime) -> None:
+    """``sleep_until()`` in an async workflow."""
+    _aware(when, "pgdurable.sleep_until_async")
+    ctx = require("sleep_until_async")
+    await ctx.async_driver("pgdurable.sleep_until_async").run(sleep_plan(ctx, 0.0, when))
+
+
+def _value_plan(ctx: RunContext, kind_name: str, make: Callable[[], Any]) -> Plan[Any]:
     seq, key, rec = ctx.next_op("value", kind_name)
     if rec is not None:
         return rec.output
     ctx.check_alive()
     value = make()
-    _record(ctx, seq, key, "value", kind_name, _codec.checked(value, kind_name, ctx.app.limits))
+    yield record(
+        ctx, seq, key, "value", kind_name, _codec.checked(value, kind_name, ctx.app.limits)
+    )
     return value
+
+
+def _now_text() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _uuid_text() -> str:
+    return str(_uuid.uuid4())
 
 
 def now() -> datetime:
     """The current time, recorded: a replay returns the same value."""
-    text = _value("now", lambda: datetime.now(timezone.utc).isoformat())
-    return datetime.fromisoformat(text)
+    ctx = require("now")
+    driver = ctx.sync_driver("pgdurable.now")
+    return datetime.fromisoformat(driver.run(_value_plan(ctx, "now", _now_text)))
+
+
+async def now_async() -> datetime:
+    """``now()`` in an async workflow."""
+    ctx = require("now_async")
+    driver = ctx.async_driver("pgdurable.now_async")
+    return datetime.fromisoformat(await driver.run(_value_plan(ctx, "now", _now_text)))
 
 
 def random() -> float:
     """A random float in [0, 1), recorded: a replay returns the same value."""
-    return float(_value("random", _random.random))
+    ctx = require("random")
+    return float(ctx.sync_driver("pgdurable.random").run(_value_plan(ctx, "random", _rand)))
+
+
+async def random_async() -> float:
+    """``random()`` in an async workflow."""
+    ctx = require("random_async")
+    driver = ctx.async_driver("pgdurable.random_async")
+    return float(await driver.run(_value_plan(ctx, "random", _rand)))
 
 
 def uuid4() -> _uuid.UUID:
     """A random UUID, recorded: a replay returns the same value."""
-    return _uuid.UUID(_value("uuid4", lambda: str(_uuid.uuid4())))
+    ctx = require("uuid4")
+    return _uuid.UUID(ctx.sync_driver("pgdurable.uuid4").run(_value_plan(ctx, "uuid4", _uuid_text)))
+
+
+async def uuid4_async() -> _uuid.UUID:
+    """``uuid4()`` in an async workflow."""
+    ctx = require("uuid4_async")
+    driver = ctx.async_driver("pgdurable.uuid4_async")
+    return _uuid.UUID(await driver.run(_value_plan(ctx, "uuid4", _uuid_text)))
+
+
+_rand = _random.random

@@ -1,10 +1,7 @@
 """Durable streams: values a run appends under a key, read live and resumably by anyone.
 
-Offsets never depend on timing. A write from workflow code is a durable operation (a checkpoint
-of kind 'stream', recorded with the value in one statement), so a replay sends nothing. A write
-from a step or transaction step carries its origin, ``<position of the step>:<n>`` (its n-th
-stream write in this attempt): a retried or replayed step rewrites the same origins, which the
-engine recognises and skips. A transaction step's writes commit or roll back with it.
+Offsets never depend on timing (how writes get theirs: _stream_writes.py). Readers start at any
+offset, are woken by NOTIFY pgdurable_stream and end when the stream is closed or the run ended.
 """
 
 from __future__ import annotations
@@ -18,10 +15,9 @@ from uuid import UUID
 import psycopg
 
 from . import _codec
-from ._context import RunContext, _current
 from ._db import call_sql
 from ._durations import seconds
-from ._errors import NotInWorkflow, RunNotFound
+from ._errors import RunNotFound
 from ._queries import Q
 
 
@@ -48,91 +44,6 @@ def check_key(key: object) -> str:
             + ("..." if len(key) > 50 else "")
         )
     return key
-
-
-def write_stream(key: str, value: Any, *, conn: psycopg.Connection[Any] | None = None) -> int:
-    """Append ``value`` (JSON) to this run's stream ``key`` and wake its readers; returns its
-    offset (0, 1, 2 ...).
-
-    In workflow code the write is a durable operation: a replay never writes it again. In a
-    step it is at-least-once like the step, yet never duplicated: a retry's n-th write is the
-    first attempt's n-th value. In a transaction step it commits or rolls back with the
-    step's transaction (``conn``, the connection the transaction step receives, is used by
-    default; pass another connection to write in that connection's transaction instead).
-    """
-    check_key(key)
-    ctx = _run_context("write_stream")
-    body = _codec.checked(value, f"value of stream {key!r}", ctx.app.limits)
-    if not ctx.in_step:
-        _refuse_conn(conn, "write_stream")
-        return _in_workflow(ctx, "write_stream_in_workflow", f"stream:{key}", (key, body), "0")
-    origin = f"{_step_position(ctx)}:{_next_index(ctx, key)}"
-    target = ctx.conn if conn is None else conn
-    row = call_sql(target, "write_stream", (ctx.run_id, ctx.attempt, key, body, origin)).fetchone()
-    return int(row[0])
-
-
-def close_stream(key: str, *, conn: psycopg.Connection[Any] | None = None) -> int:
-    """Close this run's stream ``key``: readers end once they have read every value, and
-    further writes raise ``InvalidState``. Idempotent. Returns the closing offset (the number
-    of values in the stream)."""
-    check_key(key)
-    ctx = _run_context("close_stream")
-    if not ctx.in_step:
-        _refuse_conn(conn, "close_stream")
-        return _in_workflow(ctx, "close_stream_in_workflow", f"close:{key}", (key,), "close")
-    origin = f"{_step_position(ctx)}:close"
-    target = ctx.conn if conn is None else conn
-    row = call_sql(target, "close_stream", (ctx.run_id, ctx.attempt, key, origin)).fetchone()
-    return int(row[0])
-
-
-def _run_context(what: str) -> RunContext:
-    # Inside a step too (unlike _context.require): steps and transaction steps may write.
-    ctx = _current.get()
-    if ctx is None:
-        raise NotInWorkflow(
-            f"pgdurable.{what}() only works inside a workflow or one of its steps: a stream "
-            "belongs to a run. Outside one, read streams with read_stream()"
-        )
-    return ctx
-
-
-def _refuse_conn(conn: object, what: str) -> None:
-    if conn is not None:
-        raise TypeError(
-            f"{what}(conn=...) is for transaction steps; in workflow code the write is a "
-            "durable operation of its own, recorded on the run's connection"
-        )
-
-
-def _in_workflow(ctx: RunContext, query: str, name: str, args: tuple[Any, ...], suffix: str) -> int:
-    """A write or close by workflow code: a durable operation, its checkpoint recorded in the
-    same statement, so a replay returns the recorded offset and sends nothing."""
-    pos, step_key, rec = ctx.next_op("stream", name)
-    if rec is not None:
-        return int(rec.output)
-    ctx.check_alive()
-    origin = f"{pos}:{suffix}"
-    params = (ctx.run_id, ctx.attempt, *args, origin, ctx.run_id, ctx.attempt, pos, step_key, name)
-    row = call_sql(ctx.conn, query, params).fetchone()
-    return int(row[0])
-
-
-def _step_position(ctx: RunContext) -> int:
-    # The step being executed took the last position of the replay cursor before it ran.
-    return ctx.seq - 1
-
-
-def _next_index(ctx: RunContext, key: str) -> int:
-    """This attempt's count of writes to ``key`` by the running step. Kept in ctx.counts under a
-    name no operation can have (NUL), so it dies with the execution; a step attempt started
-    later (a retry, a replay in another process) counts from 0 again."""
-    attempt = ctx.step_attempt
-    name = f"\x00stream\x00{_step_position(ctx)}\x00{attempt}\x00{key}"
-    n = ctx.counts.get(name, 0)
-    ctx.counts[name] = n + 1
-    return n
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ._async_lane import AsyncLane
 from ._db import call_sql, describe, is_connection_error
 from ._durations import seconds
 from ._executor import execute
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
 
 log = logging.getLogger("pgdurable.worker")
+
+
+def _is_async(wf: Any) -> bool:
+    return bool(getattr(wf, "is_async", False))
+
 
 # The longest a claim waits for a pooled connection: past it the loop retries (and stays
 # responsive to stop()) instead of blocking up to the pool's 30 s while it reconnects.
@@ -38,10 +44,20 @@ RUN_CHECKOUT_TIMEOUT = 10.0
 REGISTER_EVERY = 10.0
 
 
+def _count(name: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
 class Worker:
     """Runs workflows of ``queues`` (default: the queues of the app's registered workflows).
 
-    It claims only runs of workflows its App registers. ``run()`` blocks until ``stop()`` or
+    It claims only runs of workflows its App registers: plain ones on ``concurrency`` threads,
+    async ones as up to ``async_concurrency`` tasks on one event loop in a thread of their own,
+    sharing ``async_connections`` database connections. ``run()`` blocks until ``stop()`` or
     SIGTERM/SIGINT: then it stops claiming, lets each current run reach its next durable
     operation and hands it back, so another worker takes it at once. A second signal exits
     without waiting (leases then expire).
@@ -54,13 +70,17 @@ class Worker:
         concurrency: int = 8,
         queues: Iterable[str] | None = None,
         poll_interval: float = 1.0,
+        async_concurrency: int = 100,
+        async_connections: int | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-        if not 1 <= concurrency <= 10_000:
-            raise ValueError(f"concurrency must be between 1 and 10000, got {concurrency}")
         self.app = app
-        self.concurrency = concurrency
+        self.concurrency = _count("concurrency", concurrency, 10_000)
+        self.async_concurrency = _count("async_concurrency", async_concurrency, 100_000)
+        self.async_connections = _count(
+            "async_connections",
+            async_connections or min(self.async_concurrency, 10) + 1,
+            10_000,
+        )
         chosen = (
             list(queues)
             if queues is not None
@@ -74,16 +94,47 @@ class Worker:
         self._wake = threading.Event()
         self._active = 0
         self._lock = threading.Lock()
-        self.completed = 0
-        self.failed = 0
+        self._completed = 0
+        self._failed = 0
         self.ready = threading.Event()
+        self._sync_names = sorted(n for n, wf in app.workflows.items() if not _is_async(wf))
+        async_names = sorted(n for n, wf in app.workflows.items() if _is_async(wf))
+        self._lane = (
+            AsyncLane(
+                app,
+                async_names,
+                self.queues,
+                self.async_concurrency,
+                self.async_connections,
+                self._stop,
+                self.poll_interval,
+            )
+            if async_names
+            else None
+        )
+
+    @property
+    def completed(self) -> int:
+        """Runs this worker completed (sync and async)."""
+        return self._completed + (self._lane.completed if self._lane else 0)
+
+    @property
+    def failed(self) -> int:
+        """Runs this worker ended failed (sync and async)."""
+        return self._failed + (self._lane.failed if self._lane else 0)
 
     # --- control -----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop claiming and hand back current runs at their next durable operation."""
         self._stop.set()
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake both lanes' claim loops (a NOTIFY, a stop)."""
         self._wake.set()
+        if self._lane is not None:
+            self._lane.wake()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stop.is_set():
@@ -120,11 +171,19 @@ class Worker:
         self._register()
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
         listener.start()
+        lane = None
+        if self._lane is not None:
+            lane = threading.Thread(target=self._lane.run, name="pgdurable-async", daemon=True)
+            lane.start()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pgdurable-run")
         try:
             self._loop(pool)
         finally:
             pool.shutdown(wait=True)
+            if lane is not None:
+                self._stop.set()
+                self._lane.wake()  # type: ignore[union-attr]
+                lane.join()
             for signum, previous in installed:
                 signal.signal(signum, previous)
             self._unregister()
@@ -193,7 +252,7 @@ class Worker:
             self._wake.wait(self.poll_interval)
 
     def _claim(self, limit: int) -> list[tuple[Any, ...]]:
-        workflows = sorted(self.app.workflows)
+        workflows = self._sync_names
         if not workflows:
             return []
         with self.app.pool.connection(timeout=CLAIM_CHECKOUT_TIMEOUT) as conn:
@@ -225,14 +284,16 @@ class Worker:
         if exc is not None:
             log.error("executing a run raised: %r", exc)
         elif fut.result() == "completed":
-            self.completed += 1
+            self._completed += 1
         elif fut.result() == "failed":
-            self.failed += 1
+            self._failed += 1
         self._wake.set()
 
     def _saturated(self) -> bool:
+        """Every lane busy: nobody claims, so the listener must run tick_due itself."""
         with self._lock:
-            return self._active >= self.concurrency
+            busy = self._active >= self.concurrency or not self._sync_names
+        return busy and (self._lane is None or self._lane.saturated())
 
     def _listen(self) -> None:
         """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps. On
@@ -247,13 +308,13 @@ class Worker:
                     if backoff > 0.5:
                         log.warning("listener reconnected")
                     backoff = 0.5
-                    self._wake.set()  # anything sent while we were not listening
+                    self._ring()  # anything sent while we were not listening
                     registered = ticked = time.monotonic()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=min(1.0, self.poll_interval)):
                             log.debug("notified: %s", note.payload)
                             if note.payload in wanted:
-                                self._wake.set()
+                                self._ring()
                         now = time.monotonic()
                         if now - registered >= REGISTER_EVERY:
                             self._register(conn)

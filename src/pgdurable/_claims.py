@@ -1,0 +1,39 @@
+"""A claimed run as the claim functions return it. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of claim_runs / claim_run; the input is still JSON text, decoded per run."""
+
+    run_id: UUID
+    workflow_id: str
+    workflow_name: str
+    queue: str
+    input_text: str
+    attempt: int
+    retry_step_key: str | None
+    retry_step_attempts: int
+    has_history: bool
+    cancel_requested: bool
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Claim:
+        (run_id, workflow_id, name, queue, text, attempt, _deadline, key, tries, hist, cancel) = row
+        return cls(run_id, workflow_id, name, queue, text, attempt, key, tries, hist, cancel)
+
+    def log_fields(self, **more: Any) -> dict[str, Any]:
+        fields = {
+            "run_id": str(self.run_id),
+            "workflow_id": self.workflow_id,
+            "workflow": self.workflow_name,
+            "queue": self.queue,
+            "attempt": self.attempt,
+        }
+        fields.update(more)
+        return fields
