@@ -20,6 +20,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgdurable
+from apps.flavours import FLAVOURS, FlavouredApp
 from pgdurable._schema import init_schema
 from pgdurable.testing._databases import server_for_tests
 
@@ -93,17 +94,34 @@ def conn(shared_dsn: str) -> Iterator[psycopg.Connection[Any]]:
         c.rollback()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """In a module that sets BOTH_FLAVOURS, each test using ``app`` or ``flavour`` (directly or
+    through run_subprocess_env) runs twice: with its workflows, steps and transactions as
+    written, and as their async twins (apps/flavours.py)."""
+    names = metafunc.fixturenames
+    if getattr(metafunc.module, "BOTH_FLAVOURS", False) and ("app" in names or "flavour" in names):
+        metafunc.parametrize("flavour", FLAVOURS)
+
+
 @pytest.fixture
-def app(dsn: str) -> Iterator[pgdurable.App]:
-    """An App on a fresh database with a short lease, closed after the test."""
-    a = pgdurable.App(dsn, lease=2.0)
+def flavour() -> str:
+    """sync, or async in a BOTH_FLAVOURS module's second run of a test."""
+    return "sync"
+
+
+@pytest.fixture
+def app(dsn: str, flavour: str) -> Iterator[pgdurable.App]:
+    """An App on a fresh database with a short lease, closed after the test. Its decorators
+    register async twins of the functions when ``flavour`` is async."""
+    a = FlavouredApp(dsn, lease=2.0, flavour=flavour)
     yield a
     a.close()
 
 
 @pytest.fixture
-def run_subprocess_env(dsn: str) -> dict[str, str]:
+def run_subprocess_env(dsn: str, flavour: str) -> dict[str, str]:
     env = dict(os.environ)
+    env["PGDURABLE_TEST_FLAVOUR"] = flavour  # the test apps' FlavouredApp reads it
     env["PGDURABLE_DSN"] = dsn
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"

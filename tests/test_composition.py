@@ -17,6 +17,9 @@ from apps.waiting_app import Spawn, effects, start_in_process
 from test_crash import kill9
 from test_waiting import checkpoints
 
+# Each test runs with its workflows as written and as their async twins (conftest.py).
+BOTH_FLAVOURS = True
+
 
 @pytest.fixture
 def spawn(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:

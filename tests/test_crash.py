@@ -20,6 +20,10 @@ pytestmark = pytest.mark.slow
 Spawn = Callable[[], subprocess.Popen[bytes]]
 
 
+# Each test runs with its workflows as written and as their async twins (conftest.py).
+BOTH_FLAVOURS = True
+
+
 @pytest.fixture
 def spawn_worker(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
     """Starts ``python -m apps.run_worker apps.crash_app`` subprocesses; kills leftovers."""

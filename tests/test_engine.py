@@ -17,6 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from apps.flavours import FlavouredApp
 from apps.support import (
     listeners,
     query,
@@ -30,6 +31,8 @@ from apps.support import (
 from conftest import with_db
 from pgdurable import Retry
 from pgdurable._app import call_sql
+
+BOTH_FLAVOURS = True
 
 
 def run_count(dsn: str) -> int:
@@ -173,10 +176,10 @@ def test_zombie_transaction_step_rolls_back_and_the_new_owner_writes_once(
     assert checkpoint_rows(dsn, handle.run_id) == [("write", "transaction", 1, False)]
 
 
-def test_worker_heartbeats_keep_a_long_step_from_being_taken_over(dsn: str) -> None:
+def test_worker_heartbeats_keep_a_long_step_from_being_taken_over(dsn: str, flavour: str) -> None:
     thefts: list[Any] = []
 
-    with pgdurable.App(dsn, lease=0.3) as app:
+    with FlavouredApp(dsn, flavour=flavour, lease=0.3) as app:
 
         @app.step()
         def slow() -> str:

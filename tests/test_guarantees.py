@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 import pgdurable
 from apps import guarantee_app
+from apps.flavours import FlavouredApp
 from apps.guarantee_app import Spawn, worker_processes
 from apps.support import (
     listeners,
@@ -39,6 +40,10 @@ from apps.support import (
 )
 
 ZOMBIE_WORKFLOWS = ("g.checkpoint", "g.complete", "g.handback")
+
+
+# Each test runs with its workflows as written and as their async twins (conftest.py).
+BOTH_FLAVOURS = True
 
 
 @pytest.fixture
@@ -338,12 +343,12 @@ def test_hundreds_of_waits_racing_their_emits_all_wake(app: pgdurable.App, dsn: 
 
 
 @pytest.mark.slow
-def test_heartbeat_holds_every_run_of_a_worker_against_a_thief(dsn: str) -> None:
+def test_heartbeat_holds_every_run_of_a_worker_against_a_thief(dsn: str, flavour: str) -> None:
     """Three runs on one worker with a 1 s lease, each in a step lasting four leases, while a
     thief claims in a loop: the heartbeat extends all of them, so none is taken over."""
     release = threading.Event()
     thefts: list[tuple[Any, int]] = []
-    with pgdurable.App(dsn, lease=1.0) as app:
+    with FlavouredApp(dsn, flavour=flavour, lease=1.0) as app:
 
         @app.step()
         def long_step(tag: str) -> str:
@@ -377,7 +382,7 @@ def test_heartbeat_holds_every_run_of_a_worker_against_a_thief(dsn: str) -> None
     assert query(dsn, "select distinct attempt, recoveries from pgdurable.runs") == [(1, 0)]
 
 
-def test_cancel_during_in_place_retries_stops_further_attempts(dsn: str) -> None:
+def test_cancel_during_in_place_retries_stops_further_attempts(dsn: str, flavour: str) -> None:
     """A step failing again and again, retried in place; a cancel request reaches the worker
     with its heartbeat and the retries stop long before the policy is exhausted."""
     max_attempts = 50
@@ -386,7 +391,7 @@ def test_cancel_during_in_place_retries_stops_further_attempts(dsn: str) -> None
     def tries() -> int:
         return int(scalar(dsn, "select count(*) from tries"))
 
-    with pgdurable.App(dsn, lease=0.6) as app:
+    with FlavouredApp(dsn, flavour=flavour, lease=0.6) as app:
 
         @app.step(
             retry=pgdurable.Retry(
@@ -427,13 +432,23 @@ def _terminate_backends_running(dsn: str, statement: str) -> int:
     )
 
 
-def test_lost_connection_hands_the_run_back_at_once(dsn: str) -> None:
+def _kill_the_runs_connection(dsn: str, flavour: str) -> None:
+    """A sync run holds its connection through the step: exactly that one dies. An async run
+    holds none while a step runs, so every connection of the worker's async pool dies (the
+    one it will take next included)."""
+    if flavour == "sync":
+        assert _terminate_backends_running(dsn, "pgdurable.record_checkpoint") == 1
+    else:
+        assert _terminate_backends_running(dsn, "pgdurable.") >= 1
+
+
+def test_lost_connection_hands_the_run_back_at_once(dsn: str, flavour: str) -> None:
     """The run's connection dies while a step executes. The run is handed back at once (not
     after its 30 s lease), without a crash recovery, with the reason in its note and counted
     in ``disconnects``; another attempt completes it."""
     entered = {1: threading.Event(), 2: threading.Event()}
     proceed = {1: threading.Event(), 2: threading.Event()}
-    with pgdurable.App(dsn, lease=30.0) as app:
+    with FlavouredApp(dsn, flavour=flavour, lease=30.0) as app:
 
         @app.step()
         def first() -> str:
@@ -455,8 +470,7 @@ def test_lost_connection_hands_the_run_back_at_once(dsn: str) -> None:
         with running_worker(app, concurrency=1):
             try:
                 assert entered[1].wait(15), "the run did not reach its second step"
-                # The run's own connection: the only one that recorded a checkpoint.
-                assert _terminate_backends_running(dsn, "pgdurable.record_checkpoint") == 1
+                _kill_the_runs_connection(dsn, flavour)
                 proceed[1].set()
                 assert entered[2].wait(10), "the run was not handed back after the lost connection"
                 ((status, attempt, recoveries, disconnects, note),) = query(
@@ -656,13 +670,15 @@ def test_claim_runs_reads_only_the_heads_of_its_backlog(conn: psycopg.Connection
 # --- maintenance while every slot is busy --------------------------------------------------------
 
 
-def test_timers_leases_and_deadlines_are_processed_while_every_slot_is_busy(dsn: str) -> None:
+def test_timers_leases_and_deadlines_are_processed_while_every_slot_is_busy(
+    dsn: str, flavour: str
+) -> None:
     """A worker's only slot is held by a long step. Meanwhile a sleep's timer comes due, a dead
     worker's lease lapses and a run passes its deadline: all three are processed within
     seconds, though the busy worker cannot claim anything."""
     blocker_in = threading.Event()
     blocker_go = threading.Event()
-    with pgdurable.App(dsn, lease=60.0) as app:
+    with FlavouredApp(dsn, flavour=flavour, lease=60.0) as app:
 
         @app.step()
         def hold() -> None:
@@ -685,7 +701,7 @@ def test_timers_leases_and_deadlines_are_processed_while_every_slot_is_busy(dsn:
             orphan = start_sql(c, "busy.orphan", queue="busy-elsewhere")
             assert claim_sql(c, "dead-worker", "busy-elsewhere", 1, lease=1) == [(orphan, 1)]
 
-        with running_worker(app, concurrency=1):
+        with running_worker(app, concurrency=1, async_concurrency=1):
             try:
                 wait_until(
                     "both sleepers to sleep",

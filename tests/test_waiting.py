@@ -16,6 +16,9 @@ from apps.support import query, running_worker, scalar, shift_clock, wait_status
 from apps.waiting_app import Spawn, effects, start_in_process
 from test_crash import kill9
 
+# Each test runs with its workflows as written and as their async twins (conftest.py).
+BOTH_FLAVOURS = True
+
 
 def checkpoints(dsn: str, run_id: Any) -> list[tuple[str, str]]:
     return [

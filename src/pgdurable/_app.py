@@ -135,8 +135,20 @@ class App(Runtime):
         *,
         queues: Iterable[str] | None = None,
         poll_interval: float = 1.0,
+        async_concurrency: int = 100,
+        async_connections: int | None = None,
     ) -> Worker:
-        return Worker(self, concurrency=concurrency, queues=queues, poll_interval=poll_interval)
+        """A worker for this App's workflows: plain ones on ``concurrency`` threads, async ones
+        as up to ``async_concurrency`` tasks on one event loop sharing ``async_connections``
+        connections (default: min(async_concurrency, 10) + 1)."""
+        return Worker(
+            self,
+            concurrency=concurrency,
+            queues=queues,
+            poll_interval=poll_interval,
+            async_concurrency=async_concurrency,
+            async_connections=async_connections,
+        )
 
     def emit_event(
         self, name: str, payload: Any = None, *, conn: psycopg.Connection[Any] | None = None

@@ -10,6 +10,7 @@ import psycopg
 
 import pgdurable
 
+from .flavours import FlavouredApp
 from .support import wait_for_file
 
 TABLES = """
@@ -30,7 +31,7 @@ def note(dsn: str, tag: str, what: str) -> None:
 
 
 def build(dsn: str, lease: float = 2.0) -> pgdurable.App:
-    app = pgdurable.App(dsn, lease=lease)
+    app: pgdurable.App = FlavouredApp(dsn, lease=lease)
 
     @app.step()
     def mark(tag: str, what: str) -> str:

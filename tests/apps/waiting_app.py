@@ -17,6 +17,7 @@ from typing import Any
 import pgdurable
 
 from .crash_app import note, prepare
+from .flavours import FlavouredApp
 from .support import scalar, spawn_workers, wait_for_file, wait_until
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
@@ -49,7 +50,7 @@ def start_in_process(
 
 
 def build(dsn: str, lease: float = 2.0) -> pgdurable.App:
-    app = pgdurable.App(dsn, lease=lease)
+    app: pgdurable.App = FlavouredApp(dsn, lease=lease)
 
     @app.step()
     def gated(tag: str, what: str, gate: str) -> str:
