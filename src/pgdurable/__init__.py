@@ -11,6 +11,7 @@ from ._definitions import Step, Transaction, Workflow, WorkflowCall
 from ._errors import (
     Cancelled,
     ClockShiftDisabled,
+    ConcurrentOperations,
     DeadlineExceeded,
     EventTimeout,
     InvalidInput,
@@ -91,6 +92,7 @@ __all__ = [
     "App",
     "Cancelled",
     "ClockShiftDisabled",
+    "ConcurrentOperations",
     "DeadlineExceeded",
     "EventTimeout",
     "InvalidInput",

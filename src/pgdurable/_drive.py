@@ -18,12 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import _async_queries as aq
 from ._db import call_sql
-from ._errors import PgDurableError
+from ._errors import ConcurrentOperations
 from ._ops import Atomic, Blocking, ConnectionLost, Invoke, Pause, Sql
-
-
-class ConcurrentOperations(PgDurableError, RuntimeError):
-    """Two durable operations of one async run were awaited at the same time."""
 
 
 def _not_async(fn: Callable[..., Any], what: str) -> TypeError:

@@ -23,6 +23,10 @@ class NonRetryableError(PgDurableError):
     """Raise from a step to fail it at once, without retries."""
 
 
+class ConcurrentOperations(PgDurableError, RuntimeError):
+    """Two durable operations of one async run were awaited at the same time."""
+
+
 class NonDeterminismError(PgDurableError):
     """Replay met a different operation than the run's history recorded at that position."""
 
