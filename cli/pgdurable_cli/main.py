@@ -117,7 +117,21 @@ def check(dsn: str | None) -> None:
     type=click.IntRange(min=1, max=MAX_CONCURRENCY),
     default=8,
     show_default=True,
-    help="Runs executed at the same time.",
+    help="Runs of plain (sync) workflows executed at the same time, one thread each.",
+)
+@click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1, max=100_000),
+    default=100,
+    show_default=True,
+    help="Runs of async workflows executed at the same time, as tasks on one event loop.",
+)
+@click.option(
+    "--async-connections",
+    type=click.IntRange(min=1, max=10_000),
+    default=None,
+    help="Database connections the async runs share (default: min(async concurrency, 10) + 1); "
+    "a run holds one only while its statements or transaction steps run.",
 )
 @click.option(
     "--queue",
@@ -151,6 +165,8 @@ def worker(
     app_spec: str,
     dsn: str | None,
     concurrency: int,
+    async_concurrency: int,
+    async_connections: int | None,
     queues: tuple[str, ...],
     poll_interval: float,
     log_level: str,
@@ -184,17 +200,24 @@ def worker(
         with connect(url) as conn, errors(url):
             check_schema(conn)
         try:
-            runner = app.worker(concurrency, queues=queues or None, poll_interval=poll_interval)
+            runner = app.worker(
+                concurrency,
+                queues=queues or None,
+                poll_interval=poll_interval,
+                async_concurrency=async_concurrency,
+                async_connections=async_connections,
+            )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
         if not app.workflows:
             log.warning("%s registers no workflows: this worker can only hand runs back", app_spec)
         log.info(
-            "worker %s on %s: queues %s, concurrency %s, workflows %s",
+            "worker %s on %s: queues %s, concurrency %s (async %s), workflows %s",
             app.worker_id,
             describe_dsn(url),
             ", ".join(runner.queues),
             concurrency,
+            async_concurrency,
             ", ".join(sorted(app.workflows)) or "none",
         )
         with errors(url):
