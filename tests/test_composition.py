@@ -114,6 +114,21 @@ def test_a_child_start_is_checkpointed_and_not_repeated_by_a_replay(
     ) == [(f"p-1/{kid.name}",)]
 
 
+def test_one_options_object_started_twice_gives_two_children(app: pgdurable.App) -> None:
+    @app.workflow()
+    def echo(n: int) -> int:
+        return n
+
+    @app.workflow()
+    def parent() -> list[int]:
+        call = echo.options(priority=5)
+        first, second = call.start(1), call.start(2)
+        return [first.result(), second.result()]
+
+    with running_worker(app):
+        assert parent.start().result(timeout=15) == [1, 2]
+
+
 @pytest.mark.slow
 def test_child_started_once_across_a_kill(dsn: str, spawn: Spawn, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
