@@ -406,7 +406,8 @@ def test_a_reader_is_woken_by_notify_and_ends_when_the_stream_closes(
         reader.join(10)
         assert reader.ended == "end"
         assert reader.values == ["token 0", "token 1", "token 2"]
-        assert handle.status() == "waiting"
+        # the reader ended at the close, not at the run's end: the run goes on to its wait
+        wait_until("the run to wait for its event", lambda: handle.status() == "waiting")
         app.emit_event(f"st.live.done:{tmp_path}", "bye")
         assert handle.result(timeout=15) == "bye"
 
