@@ -88,6 +88,10 @@ select pgdurable.tick_due();
 -- Record what this worker serves (at start, then every few seconds).
 select pgdurable.register_worker(%s, %s, %s);
 
+-- name: configure_queue
+-- Set a queue's flow control (App.queue(), applied by each worker at start; the CLI).
+select pgdurable.configure_queue(%s, %s, %s, %s, %s, %s, %s, %s);
+
 -- name: unregister_worker
 -- Forget a worker that stops cleanly.
 select pgdurable.unregister_worker(%s);
@@ -295,3 +299,33 @@ select id, workflow_id, workflow_name, status
         and queue_name = any(%(queues)s) and workflow_name = any(%(workflows)s))
  order by created_at
  limit 10
+
+-- name: cli_queues
+-- `pgdurable queues`: every queue with settings or unfinished runs.
+select queue_name, concurrency, key_concurrency, key_fifo, rate_count, rate_period,
+       key_rate_count, key_rate_period, paused, pending, running, sleeping, waiting,
+       oldest_pending_age, configured
+  from pgdurable.queue_overview
+ order by queue_name;
+
+-- name: cli_queue_settings
+-- `pgdurable queues configure`: the current settings, locked until the new ones are written.
+select concurrency, key_concurrency, key_fifo, rate_count, rate_period, key_rate_count,
+       key_rate_period
+  from pgdurable.queues where name = %s for update;
+
+-- name: cli_pause_queue
+-- `pgdurable queues pause` / `drain`: pause, and how many of its runs still run.
+select pgdurable.pause_queue(%s);
+
+-- name: cli_resume_queue
+-- `pgdurable queues resume`.
+select pgdurable.resume_queue(%s);
+
+-- name: cli_reset_queue
+-- `pgdurable queues reset`.
+select pgdurable.reset_queue(%s);
+
+-- name: cli_queue_running
+-- `pgdurable queues drain`: how many runs of the queue are running.
+select pg_catalog.count(*) from pgdurable.runs where queue_name = %s and status = 'running';

@@ -96,6 +96,10 @@ create table if not exists pgdurable.runs (
     -- server time (not engine time) of the last claim or heartbeat: a lease that lapsed while
     -- the server restarted is not the run's fault and costs it no recovery
     heartbeat_at           timestamptz,
+    -- flow control (docs/flow-control.md): the key a queue's per-key limits apply to, and the
+    -- key under which a second start returns the unfinished run instead of a new one
+    concurrency_key        text,
+    dedup_key              text,
     constraint runs_workflow_id_key unique (workflow_id),
     constraint runs_status_check check (status in
         ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
@@ -122,6 +126,55 @@ create index if not exists runs_deadline_idx
 create index if not exists runs_finished_idx
     on pgdurable.runs (finished_at)
     where finished_at is not null;
+-- What a limited queue's claim counts: its running runs, per concurrency key.
+create index if not exists runs_running_idx
+    on pgdurable.runs (queue_name, concurrency_key)
+    where status = 'running';
+-- FIFO within a key: the oldest pending run of a key goes first.
+create index if not exists runs_pending_key_idx
+    on pgdurable.runs (queue_name, concurrency_key, created_at)
+    where status = 'pending' and concurrency_key is not null;
+-- One unfinished run per (queue, dedup_key): a second start returns it.
+create unique index if not exists runs_dedup_idx
+    on pgdurable.runs (queue_name, dedup_key)
+    where dedup_key is not null and status in ('pending', 'running', 'sleeping', 'waiting');
+
+-- Flow control per queue (docs/flow-control.md). A queue without a row has no limits. Claims of
+-- a queue with a row lock it (FOR UPDATE) before counting, so limits hold exactly across
+-- workers: see "Flow control" in docs/architecture.md.
+create table if not exists pgdurable.queues (
+    name             text primary key,
+    concurrency      integer,
+    key_concurrency  integer not null default 1,
+    key_fifo         boolean not null default false,
+    rate_count       integer,
+    rate_period      interval,
+    key_rate_count   integer,
+    key_rate_period  interval,
+    paused           boolean not null default false,
+    -- engine times of this queue's claims within the last rate_period (the sliding window)
+    recent           timestamptz[] not null default '{}',
+    created_at       timestamptz not null,
+    updated_at       timestamptz not null,
+    constraint queues_name_check check (name ~ '^[A-Za-z0-9_.:-]{1,100}$'),
+    constraint queues_limits_check check (
+        coalesce(concurrency, 0) between 0 and 1000000
+        and key_concurrency between 1 and 1000000
+        and coalesce(rate_count, 1) between 1 and 10000
+        and coalesce(key_rate_count, 1) between 1 and 10000
+        and (rate_count is null) = (rate_period is null)
+        and (key_rate_count is null) = (key_rate_period is null)
+        and coalesce(rate_period, interval '1 second') > interval '0'
+        and coalesce(key_rate_period, interval '1 second') > interval '0')
+);
+
+-- Per-key sliding windows of the queues with a key_rate_count.
+create table if not exists pgdurable.queue_keys (
+    queue_name       text not null,
+    concurrency_key  text not null,
+    recent           timestamptz[] not null default '{}',
+    constraint queue_keys_pkey primary key (queue_name, concurrency_key)
+);
 
 create table if not exists pgdurable.checkpoints (
     run_id       uuid not null,
@@ -433,11 +486,20 @@ begin
     end if;
     select string_agg(k, ', ') into v_key from jsonb_object_keys(p_options) k
         where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
-                        'max_recoveries', 'timeout', 'require_registered');
+                        'max_recoveries', 'timeout', 'require_registered', 'concurrency_key',
+                        'dedup_key');
     if v_key is not null then
         raise exception 'unknown start option(s): %', v_key
             using errcode = 'PD004',
-                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered';
+                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key';
+    end if;
+    if jsonb_typeof(p_options -> 'concurrency_key') not in ('string', 'null')
+       or jsonb_typeof(p_options -> 'dedup_key') not in ('string', 'null')
+       or length(p_options ->> 'concurrency_key') not between 1 and 500
+       or length(p_options ->> 'dedup_key') not between 1 and 500 then
+        raise exception 'invalid start options %', p_options
+            using errcode = 'PD004',
+                  hint = 'concurrency_key and dedup_key are strings of 1 to 500 characters';
     end if;
     perform pgdurable._check_json(p_input, format('input of workflow %s', p_workflow_name));
 
@@ -501,14 +563,23 @@ begin
         v_note := format('no worker has registered workflow %s yet', p_workflow_name);
     end if;
 
-    -- no conflict target: a clash on workflow_id or on id (a uuid-shaped workflow_id) lands below
+    -- runs with a concurrency key are limited per key (1 at a time unless configured): their
+    -- queue gets a row, which puts its claims on the limited path
+    if p_options ->> 'concurrency_key' is not null then
+        insert into pgdurable.queues (name, created_at, updated_at) values (v_queue, v_now, v_now)
+        on conflict do nothing;
+    end if;
+
+    -- no conflict target: a clash on workflow_id, on id (a uuid-shaped workflow_id) or on an
+    -- unfinished run's dedup_key lands below
     insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, priority, input,
                                 max_recoveries, available_at, parent_id, deadline_at, note,
-                                created_at, updated_at)
+                                created_at, updated_at, concurrency_key, dedup_key)
     values (v_id, v_key, p_workflow_name, v_queue, 'pending',
             coalesce((p_options ->> 'priority')::integer, 0), p_input,
             coalesce((p_options ->> 'max_recoveries')::integer, 10),
-            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_note, v_now, v_now)
+            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_note, v_now, v_now,
+            p_options ->> 'concurrency_key', p_options ->> 'dedup_key')
     on conflict do nothing;
 
     if found then
@@ -516,6 +587,21 @@ begin
             perform pg_notify('pgdurable_wake', v_queue);
         end if;
         return v_id;
+    end if;
+
+    -- the unfinished run holding the dedup key (if it finished meanwhile, no run is returned
+    -- here and the caller's retry starts a new one)
+    if p_options ->> 'dedup_key' is not null
+       and not exists (select from pgdurable.runs r where r.workflow_id = v_key or r.id = v_id) then
+        select * into v_existing from pgdurable.runs r
+         where r.queue_name = v_queue and r.dedup_key = p_options ->> 'dedup_key'
+           and r.status in ('pending', 'running', 'sleeping', 'waiting');
+        if found then
+            return v_existing.id;
+        end if;
+        raise exception 'the run holding dedup_key % finished while this start ran', quote_literal(p_options ->> 'dedup_key')
+            using errcode = '40001',
+                  hint = 'retry the start: it now starts a new run';
     end if;
 
     select * into v_existing from pgdurable.runs where workflow_id = v_key;
@@ -731,10 +817,131 @@ as $$
       from claimed c
 $$;
 
+-- Internal: the pending runs of the configured (limited) queue p_queue a claim may take, at
+-- most p_budget, best first: of p_workflows (null: any), or just p_run (claim_run, which holds
+-- that run's lock). The queue's row lock (FOR UPDATE) serializes the claims of the queue until
+-- their transactions end, and every count below is a statement that starts after it: under READ
+-- COMMITTED it sees every run an earlier claim took. A run leaving 'running' meanwhile is at
+-- worst still counted (a slot given back one claim later), never the other way round.
+create or replace function pgdurable._limited_claim(
+    p_queue text, p_workflows text[], p_budget integer, p_now timestamptz, p_run uuid default null
+) returns uuid[]
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    q pgdurable.queues%rowtype;
+    v_budget integer := p_budget;
+    v_count integer;
+    v_recent timestamptz[];
+    v_ids uuid[] := '{}';
+    v_look integer;
+    v_slots jsonb := '{}';    -- key -> runs of the key this claim may still start (concurrency)
+    v_window jsonb := '{}';   -- key -> starts left in the key's rate window
+    v_taken jsonb := '{}';    -- key -> runs of the key this claim took
+    v_key text;
+    c record;
+begin
+    select * into q from pgdurable.queues where name = p_queue for update;
+    if not found or q.paused or v_budget <= 0 then
+        return v_ids;
+    end if;
+    if q.concurrency is not null then
+        select count(*) into v_count from pgdurable.runs r
+         where r.queue_name = p_queue and r.status = 'running';
+        v_budget := least(v_budget, q.concurrency - v_count);
+    end if;
+    if q.rate_count is not null then
+        v_recent := array(select t from unnest(q.recent) t where t > p_now - q.rate_period order by t);
+        v_budget := least(v_budget, q.rate_count - cardinality(v_recent));
+    end if;
+    if v_budget <= 0 then
+        return v_ids;
+    end if;
+    -- a bounded look-ahead: runs of keys at their limit are passed over, up to this many
+    v_look := v_budget * 4 + 100;
+    for c in
+        select h.id, h.concurrency_key, h.created_at from (
+            select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
+              from pgdurable.runs r
+             where r.id = p_run and r.status = 'pending'
+            union all
+            select l.id, l.concurrency_key, l.created_at, l.priority, l.available_at
+              from unnest(p_workflows) as w(name)
+             cross join lateral (
+                select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
+                  from pgdurable.runs r
+                 where r.status = 'pending' and r.queue_name = p_queue
+                   and r.workflow_name = w.name and r.available_at <= p_now
+                 order by r.priority desc, r.available_at
+                 limit v_look
+                   for update skip locked) l
+             where p_run is null
+            union all
+            select o.id, o.concurrency_key, o.created_at, o.priority, o.available_at
+              from (select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
+                      from pgdurable.runs r
+                     where p_run is null and p_workflows is null
+                       and r.status = 'pending' and r.queue_name = p_queue
+                       and r.available_at <= p_now
+                     order by r.priority desc, r.available_at
+                     limit v_look
+                       for update skip locked) o
+        ) h
+        order by h.priority desc, h.available_at
+    loop
+        exit when cardinality(v_ids) >= v_budget;
+        v_key := c.concurrency_key;
+        if v_key is not null then
+            if not v_slots ? v_key then
+                select q.key_concurrency - count(*) into v_count from pgdurable.runs r
+                 where r.queue_name = p_queue and r.concurrency_key = v_key and r.status = 'running';
+                v_slots := v_slots || jsonb_build_object(v_key, v_count);
+                if q.key_rate_count is not null then
+                    insert into pgdurable.queue_keys (queue_name, concurrency_key)
+                    values (p_queue, v_key) on conflict do nothing;
+                    select q.key_rate_count - count(*) into v_count
+                      from pgdurable.queue_keys k, unnest(k.recent) t
+                     where k.queue_name = p_queue and k.concurrency_key = v_key
+                       and t > p_now - q.key_rate_period;
+                    v_window := v_window || jsonb_build_object(v_key, v_count);
+                end if;
+            end if;
+            continue when (v_slots ->> v_key)::integer <= 0
+                       or coalesce((v_window ->> v_key)::integer, 1) <= 0;
+            -- FIFO within the key: no older pending run of the key may be passed over
+            continue when q.key_fifo and exists (
+                select from pgdurable.runs r
+                 where r.queue_name = p_queue and r.concurrency_key = v_key
+                   and r.status = 'pending' and r.created_at < c.created_at
+                   and r.id <> all(v_ids));
+            v_slots := v_slots || jsonb_build_object(v_key, (v_slots ->> v_key)::integer - 1);
+            if v_window ? v_key then
+                v_window := v_window || jsonb_build_object(v_key, (v_window ->> v_key)::integer - 1);
+            end if;
+            v_taken := v_taken || jsonb_build_object(v_key, coalesce((v_taken ->> v_key)::integer, 0) + 1);
+        end if;
+        v_ids := v_ids || c.id;
+    end loop;
+    if cardinality(v_ids) > 0 and q.rate_count is not null then
+        update pgdurable.queues
+           set recent = v_recent || array_fill(p_now, array[cardinality(v_ids)])
+         where name = p_queue;
+    end if;
+    if q.key_rate_count is not null then
+        update pgdurable.queue_keys k
+           set recent = array(select t from unnest(k.recent) t where t > p_now - q.key_rate_period)
+                        || array_fill(p_now, array[(v_taken ->> k.concurrency_key)::integer])
+         where k.queue_name = p_queue and v_taken ? k.concurrency_key;
+    end if;
+    return v_ids;
+end $$;
+
 -- Called by workers: takes up to p_limit runnable runs of p_queues and p_workflows (null: any
 -- workflow, for operators) for p_worker_id with a lease of p_lease seconds, highest priority
--- first, then oldest. Concurrent claimers never block each other (SKIP LOCKED); each (queue,
--- workflow) pair is read in the order of runs_claim_idx, never sorted.
+-- first, then oldest. Configured queues (pgdurable.queues) first, in name order, each within
+-- its limits (_limited_claim); then the others, whose concurrent claimers never block each
+-- other (SKIP LOCKED), each (queue, workflow) pair read in the order of runs_claim_idx.
 create or replace function pgdurable.claim_runs(
     p_worker_id text,
     p_queues text[],
@@ -749,48 +956,67 @@ set search_path = pg_catalog, pgdurable, pg_temp
 as $$
 declare
     v_now timestamptz := pgdurable.now();
-    v_ids uuid[];
+    v_ids uuid[] := '{}';
+    v_more uuid[];
+    v_queues text[] := p_queues;
+    v_limit integer := p_limit;
+    v_limited text;
 begin
     perform pgdurable._check_lease(p_lease);
     perform pgdurable.tick_due();
-    if p_workflows is null then
-        -- an operator's claim of anything: the pending runs of each queue, sorted
-        select array_agg(h.id) into v_ids from (
-            select c.id from unnest(p_queues) as q(name)
-            cross join lateral (
-                select r.id, r.priority, r.available_at from pgdurable.runs r
-                 where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
-                 order by r.priority desc, r.available_at
-                 limit p_limit
-                 for update skip locked) c
-            order by c.priority desc, c.available_at
-            limit p_limit) h;
-    elsif cardinality(p_queues) = 1 and cardinality(p_workflows) = 1 then
-        with picked as (
-            select r.id from pgdurable.runs r
-             where r.status = 'pending' and r.queue_name = p_queues[1]
-               and r.workflow_name = p_workflows[1] and r.available_at <= v_now
-             order by r.priority desc, r.available_at
-             limit p_limit
-             for update skip locked
-        )
-        select array_agg(picked.id) into v_ids from picked;
-    else
-        -- one ordered index scan per (queue, workflow), then the best p_limit of their heads
-        select array_agg(h.id) into v_ids from (
-            select c.id from unnest(p_queues) as q(name)
-            cross join unnest(p_workflows) as w(name)
-            cross join lateral (
-                select r.id, r.priority, r.available_at from pgdurable.runs r
-                 where r.status = 'pending' and r.queue_name = q.name
-                   and r.workflow_name = w.name and r.available_at <= v_now
-                 order by r.priority desc, r.available_at
-                 limit p_limit
-                 for update skip locked) c
-            order by c.priority desc, c.available_at
-            limit p_limit) h;
+    if exists (select from pgdurable.queues q where q.name = any(p_queues)) then
+        for v_limited in
+            select q.name from pgdurable.queues q where q.name = any(p_queues) order by q.name
+        loop
+            exit when cardinality(v_ids) >= p_limit;
+            v_ids := v_ids || pgdurable._limited_claim(
+                v_limited, p_workflows, p_limit - cardinality(v_ids), v_now);
+        end loop;
+        v_queues := array(select x from unnest(p_queues) x
+                          where not exists (select from pgdurable.queues q where q.name = x));
+        v_limit := p_limit - cardinality(v_ids);
     end if;
-    if v_ids is null then
+    if v_limit > 0 and cardinality(v_queues) > 0 then
+        if p_workflows is null then
+            -- an operator's claim of anything: the pending runs of each queue, sorted
+            select array_agg(h.id) into v_more from (
+                select c.id from unnest(v_queues) as q(name)
+                cross join lateral (
+                    select r.id, r.priority, r.available_at from pgdurable.runs r
+                     where r.status = 'pending' and r.queue_name = q.name and r.available_at <= v_now
+                     order by r.priority desc, r.available_at
+                     limit v_limit
+                     for update skip locked) c
+                order by c.priority desc, c.available_at
+                limit v_limit) h;
+        elsif cardinality(v_queues) = 1 and cardinality(p_workflows) = 1 then
+            with picked as (
+                select r.id from pgdurable.runs r
+                 where r.status = 'pending' and r.queue_name = v_queues[1]
+                   and r.workflow_name = p_workflows[1] and r.available_at <= v_now
+                 order by r.priority desc, r.available_at
+                 limit v_limit
+                 for update skip locked
+            )
+            select array_agg(picked.id) into v_more from picked;
+        else
+            -- one ordered index scan per (queue, workflow), then the best v_limit of their heads
+            select array_agg(h.id) into v_more from (
+                select c.id from unnest(v_queues) as q(name)
+                cross join unnest(p_workflows) as w(name)
+                cross join lateral (
+                    select r.id, r.priority, r.available_at from pgdurable.runs r
+                     where r.status = 'pending' and r.queue_name = q.name
+                       and r.workflow_name = w.name and r.available_at <= v_now
+                     order by r.priority desc, r.available_at
+                     limit v_limit
+                     for update skip locked) c
+                order by c.priority desc, c.available_at
+                limit v_limit) h;
+        end if;
+        v_ids := v_ids || coalesce(v_more, '{}');
+    end if;
+    if cardinality(v_ids) = 0 then
         return;
     end if;
     return query select * from pgdurable._take_runs(v_ids, p_worker_id, p_lease, v_now);
@@ -825,7 +1051,121 @@ begin
             'lease of worker %s expired at %s', v_run.worker_id, v_run.lease_expires_at)) then
         return;
     end if;
+    -- a configured queue's limits hold for a direct call too: over them, a worker takes it later
+    if exists (select from pgdurable.queues q where q.name = v_run.queue_name)
+       and cardinality(pgdurable._limited_claim(v_run.queue_name, null, 1, v_now, p_run_id)) = 0 then
+        return;
+    end if;
     return query select * from pgdurable._take_runs(array[p_run_id], p_worker_id, p_lease, v_now);
+end $$;
+
+-- Called by workers (the SDK's app.queue(...), applied at start), the CLI and operators: sets
+-- the limits of queue p_name (null: no such limit), keeping whether it is paused. Limits are
+-- read by each claim: a change holds from the next claim on; runs already running go on.
+create or replace function pgdurable.configure_queue(
+    p_name text,
+    p_concurrency integer default null,
+    p_key_concurrency integer default 1,
+    p_key_fifo boolean default false,
+    p_rate_count integer default null,
+    p_rate_period interval default null,
+    p_key_rate_count integer default null,
+    p_key_rate_period interval default null
+) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    if p_name is null or p_name !~ '^[A-Za-z0-9_.:-]{1,100}$' then
+        raise exception 'invalid queue name %', coalesce(quote_literal(p_name), 'NULL')
+            using errcode = 'PD004',
+                  hint = 'queue names use letters, digits and _ . : -, 1 to 100 characters';
+    end if;
+    if not coalesce(p_concurrency between 0 and 1000000, true)
+       or not coalesce(p_key_concurrency between 1 and 1000000, false)
+       or p_key_fifo is null
+       or not coalesce(p_rate_count between 1 and 10000, true)
+       or not coalesce(p_key_rate_count between 1 and 10000, true)
+       or (p_rate_count is null) <> (p_rate_period is null)
+       or (p_key_rate_count is null) <> (p_key_rate_period is null)
+       or not coalesce(p_rate_period > interval '0', true)
+       or not coalesce(p_key_rate_period > interval '0', true) then
+        raise exception 'invalid limits for queue %: concurrency %, key_concurrency %, rate % per %, key rate % per %',
+            p_name, p_concurrency, p_key_concurrency, p_rate_count, p_rate_period,
+            p_key_rate_count, p_key_rate_period
+            using errcode = 'PD004',
+                  hint = 'concurrency 0 to 1000000 or null; key_concurrency 1 to 1000000; a rate is a count from 1 to 10000 with a positive period, or both null';
+    end if;
+    insert into pgdurable.queues as q (name, concurrency, key_concurrency, key_fifo, rate_count,
+                                       rate_period, key_rate_count, key_rate_period,
+                                       created_at, updated_at)
+    values (p_name, p_concurrency, p_key_concurrency, p_key_fifo, p_rate_count, p_rate_period,
+            p_key_rate_count, p_key_rate_period, v_now, v_now)
+    on conflict (name) do update
+       set concurrency = excluded.concurrency, key_concurrency = excluded.key_concurrency,
+           key_fifo = excluded.key_fifo, rate_count = excluded.rate_count,
+           rate_period = excluded.rate_period, key_rate_count = excluded.key_rate_count,
+           key_rate_period = excluded.key_rate_period, updated_at = v_now;
+    perform pg_notify('pgdurable_wake', p_name);
+end $$;
+
+-- Called by operators: no run of queue p_name is claimed until resume_queue (running runs go
+-- on; sleeping and waiting ones become pending as usual and wait). Returns the number of its
+-- runs still running. A queue without a row gets one (unlimited, paused).
+create or replace function pgdurable.pause_queue(p_name text) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    if p_name is null or p_name !~ '^[A-Za-z0-9_.:-]{1,100}$' then
+        raise exception 'invalid queue name %', coalesce(quote_literal(p_name), 'NULL')
+            using errcode = 'PD004';
+    end if;
+    insert into pgdurable.queues as q (name, paused, created_at, updated_at)
+    values (p_name, true, v_now, v_now)
+    on conflict (name) do update set paused = true, updated_at = v_now;
+    return (select count(*) from pgdurable.runs r where r.queue_name = p_name and r.status = 'running');
+end $$;
+
+-- Called by operators: claims of queue p_name resume (workers are woken at once).
+create or replace function pgdurable.resume_queue(p_name text) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    update pgdurable.queues set paused = false, updated_at = pgdurable.now() where name = p_name;
+    if not found then
+        raise exception 'queue % has no settings (it is not paused)', coalesce(quote_literal(p_name), 'NULL')
+            using errcode = 'PD006',
+                  hint = 'pgdurable queues lists the queues and whether they are paused';
+    end if;
+    perform pg_notify('pgdurable_wake', p_name);
+end $$;
+
+-- Called by operators: forgets queue p_name's limits and pause; it is unlimited again. Refused
+-- while runs of it carry a concurrency key and are unfinished (they rely on per-key limits).
+create or replace function pgdurable.reset_queue(p_name text) returns boolean
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if exists (select from pgdurable.runs r
+                where r.queue_name = p_name and r.concurrency_key is not null
+                  and r.status in ('pending', 'running', 'sleeping', 'waiting')) then
+        raise exception 'queue % has unfinished runs with a concurrency key', quote_literal(p_name)
+            using errcode = 'PD006',
+                  hint = 'configure its limits instead, or reset it once those runs have finished';
+    end if;
+    delete from pgdurable.queue_keys where queue_name = p_name;
+    delete from pgdurable.queues where name = p_name;
+    if found then
+        perform pg_notify('pgdurable_wake', p_name);
+    end if;
+    return found;
 end $$;
 
 -- Called by the SDK after each durable operation (step, transaction, value, child start).
@@ -1124,10 +1464,16 @@ begin
     end if;
     -- a failed step's error checkpoint would replay the failure: drop the failed ones
     delete from pgdurable.checkpoints where run_id = p_run_id and error is not null and kind in ('step', 'transaction');
-    update pgdurable.runs
+    update pgdurable.runs r
        set status = 'pending', available_at = v_now, updated_at = v_now, finished_at = null,
            error = null, output = null, cancel_requested = false, recoveries = 0, disconnects = 0,
-           retry_step_key = null, retry_step_attempts = 0, note = 'resumed'
+           retry_step_key = null, retry_step_attempts = 0, note = 'resumed',
+           -- another unfinished run took the dedup key meanwhile: this one resumes without it
+           dedup_key = case when exists (
+               select from pgdurable.runs o
+                where o.queue_name = r.queue_name and o.dedup_key = r.dedup_key and o.id <> r.id
+                  and o.status in ('pending', 'running', 'sleeping', 'waiting'))
+               then null else r.dedup_key end
      where id = p_run_id;
     perform pg_notify('pgdurable_wake', v_run.queue_name);
     return true;
@@ -1159,6 +1505,7 @@ begin
     end if;
     v_new := pgdurable.start_run(v_run.workflow_name, v_run.input,
         jsonb_build_object('queue', v_run.queue_name, 'priority', v_run.priority, 'on_conflict', 'raise')
+        || jsonb_strip_nulls(jsonb_build_object('concurrency_key', v_run.concurrency_key))
         || case when p_workflow_id is null then '{}'::jsonb else jsonb_build_object('workflow_id', p_workflow_id) end);
     insert into pgdurable.checkpoints (run_id, step_key, seq, kind, step_name, output, error,
                                        attempts, run_attempt, started_at, completed_at)
@@ -1210,6 +1557,11 @@ begin
     delete from pgdurable.streams where run_id = any(v_ids);
     delete from pgdurable.timers where run_id = any(v_ids);
     delete from pgdurable.runs where id = any(v_ids);
+    -- per-key rate windows with no claim left in them
+    delete from pgdurable.queue_keys k using pgdurable.queues q
+     where q.name = k.queue_name
+       and (q.key_rate_period is null
+            or not exists (select from unnest(k.recent) t where t > pgdurable.now() - q.key_rate_period));
     return cardinality(v_ids);
 end $$;
 
@@ -1635,4 +1987,28 @@ select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.attempt, 
   from pgdurable.runs r
   left join pgdurable.timers t on t.run_id = r.id;
 
-insert into pgdurable.schema_version (version) values (3) on conflict do nothing;
+-- Each queue with runs or settings: its limits, whether it is paused, its runs by status and the
+-- age of its oldest runnable pending run: what `pgdurable queues` and a dashboard show.
+create or replace view pgdurable.queue_overview as
+    with counts as (
+        select r.queue_name,
+               count(*) filter (where r.status = 'pending') as pending,
+               count(*) filter (where r.status = 'running') as running,
+               count(*) filter (where r.status = 'sleeping') as sleeping,
+               count(*) filter (where r.status = 'waiting') as waiting,
+               min(r.available_at) filter (where r.status = 'pending') as oldest_pending_at
+          from pgdurable.runs r
+         where r.status in ('pending', 'running', 'sleeping', 'waiting')
+         group by r.queue_name)
+    select coalesce(q.name, c.queue_name) as queue_name,
+           q.concurrency, q.key_concurrency, q.key_fifo,
+           q.rate_count, q.rate_period, q.key_rate_count, q.key_rate_period,
+           coalesce(q.paused, false) as paused,
+           coalesce(c.pending, 0) as pending, coalesce(c.running, 0) as running,
+           coalesce(c.sleeping, 0) as sleeping, coalesce(c.waiting, 0) as waiting,
+           greatest(pgdurable.now() - c.oldest_pending_at, interval '0') as oldest_pending_age,
+           q.queue_name is not null as configured
+      from (select *, name as queue_name from pgdurable.queues) q
+      full join counts c on c.queue_name = q.name;
+
+insert into pgdurable.schema_version (version) values (4) on conflict do nothing;

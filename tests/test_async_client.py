@@ -611,6 +611,8 @@ NO_TWIN = {
         "use_database": "no I/O of its own: points the App elsewhere, closing both pools",
         "async_connection": "async by definition",
         "async_pool": "async by definition",
+        "queue": "a declaration, not I/O (workers apply it at start)",
+        "configure_queues": "an administrative call, like init_schema (workers make it at start)",
         "watch_done": "async by definition",
         "watch_stream": "async by definition",
     },

@@ -132,7 +132,12 @@ def test_a_reader_is_woken_by_notify_and_ends_when_the_stream_closes(
         await until("the reader to end", lambda: reader.task.done())
         assert reader.ended == "end"
         assert reader.values == ["token 0", "token 1", "token 2"]
-        assert await handle.status_async() == "waiting"
+        # the reader ended at the close, not at the run's end: the run goes on to its wait
+        status = "select status from pgdurable.runs where id = %s"
+        await until(
+            "the run to wait for its event",
+            lambda: scalar(app.dsn, status, (handle.run_id,)) == "waiting",
+        )
         await app.emit_event_async(f"ast.live.done:{tmp_path}", "bye")
         assert await handle.result_async(timeout=15) == "bye"
 

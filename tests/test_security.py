@@ -71,8 +71,18 @@ WORKER_CALLS = CLIENT_CALLS | {
     "unregister_worker",
     "write_stream",
     "close_stream",
+    "configure_queue",
 }
-ADMIN_CALLS = WORKER_CALLS | {"gc_runs", "shift_clock", "resume_run", "retry_run", "fork_run"}
+ADMIN_CALLS = WORKER_CALLS | {
+    "gc_runs",
+    "shift_clock",
+    "resume_run",
+    "retry_run",
+    "fork_run",
+    "pause_queue",
+    "resume_queue",
+    "reset_queue",
+}
 CALLS = {"pgdurable_client": CLIENT_CALLS, "pgdurable_worker": WORKER_CALLS}
 CALLS["pgdurable_admin"] = ADMIN_CALLS
 CLIENT_READS = {
@@ -87,9 +97,11 @@ CLIENT_READS = {
     "schema_version",
     "run_overview",
     "unserved_runs",
+    "queues",
+    "queue_overview",
 }
 READS = {"pgdurable_client": CLIENT_READS, "pgdurable_worker": CLIENT_READS}
-READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock"}
+READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock", "queue_keys"}
 
 
 def run_cli(*args: str) -> Result:

@@ -11,9 +11,9 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import click
@@ -192,6 +192,28 @@ def reason(exc: BaseException, dsn: str) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     return safe(hide_password(first, dsn))
+
+
+# --- options shared by commands ----------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def dsn_option(fn: F) -> F:
+    return click.option(
+        "--dsn",
+        envvar="PGDURABLE_DSN",
+        show_envvar=True,
+        metavar="DSN",
+        help="PostgreSQL to use (URI or key=value). Default: $PGDURABLE_DSN, else the "
+        "embedded development server (pip install 'pgdurable[embedded]').",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        fn
+    )
 
 
 # --- numbers -------------------------------------------------------------------------------------

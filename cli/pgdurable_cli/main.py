@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -23,17 +22,18 @@ from ._support import (
     call,
     connect,
     describe_dsn,
+    dsn_option,
     embedded_warning,
     errors,
     find_run,
     format_duration,
+    json_option,
     load_app,
     resolve_dsn,
     session,
     warn_loudly,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
+from .queues_cmd import queues
 
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
 FINISHED = frozenset(STATUSES[4:])
@@ -42,23 +42,6 @@ FINISHED = frozenset(STATUSES[4:])
 MAX_CONCURRENCY = 1000
 MAX_LIMIT = 1_000_000
 MAX_POLL_INTERVAL = 3600.0
-
-
-def dsn_option(fn: F) -> F:
-    return click.option(
-        "--dsn",
-        envvar="PGDURABLE_DSN",
-        show_envvar=True,
-        metavar="DSN",
-        help="PostgreSQL to use (URI or key=value). Default: $PGDURABLE_DSN, else the "
-        "embedded development server (pip install 'pgdurable[embedded]').",
-    )(fn)
-
-
-def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
-        fn
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -485,6 +468,8 @@ def gc(dsn: str | None, older_than: timedelta, batch_size: int, dry_run: bool, y
 def _runs(count: int) -> str:
     return f"{count} run{'s' if count != 1 else ''}"
 
+
+cli.add_command(queues)
 
 if __name__ == "__main__":
     cli()

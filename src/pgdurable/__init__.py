@@ -34,6 +34,7 @@ from ._errors import (
     WorkflowIdConflict,
 )
 from ._handle import RunHandle
+from ._queues import QueueLimits, Rate
 from ._remote_errors import register_error
 from ._retry import Retry
 from ._sagas import compensate, compensate_async, patched, patched_async
@@ -104,6 +105,8 @@ __all__ = [
     "NonRetryableError",
     "NotInWorkflow",
     "PgDurableError",
+    "QueueLimits",
+    "Rate",
     "Retry",
     "RunCancelled",
     "RunHandle",

@@ -20,6 +20,7 @@ from ._names import check_name
 from ._options import StartOptions
 from ._payloads import event_params, message_params
 from ._queries import Q
+from ._queues import QueueLimits, Rate
 from ._retry import Retry
 from ._runtime import Registered, Runtime
 from ._starting import found, run_key, start, start_async
@@ -113,6 +114,33 @@ class App(Runtime):
             return Transaction(self, fn, check_name("transaction", name or fn.__name__), policy)
 
         return wrap
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        key_concurrency: int = 1,
+        key_fifo: bool = False,
+        rate_limit: Rate | None = None,
+        key_rate_limit: Rate | None = None,
+    ) -> QueueLimits:
+        """Declare the flow control of queue ``name`` (docs/flow-control.md): at most
+        ``concurrency`` runs running at once across all workers; per concurrency key at most
+        ``key_concurrency`` (in start order with ``key_fifo``); at most ``rate_limit`` claims per
+        window, and ``key_rate_limit`` per key. Each worker of this App applies it when it
+        starts (``configure_queues()`` applies it now); the database holds the limits."""
+        limits = QueueLimits(
+            name, concurrency, key_concurrency, key_fifo, rate_limit, key_rate_limit
+        )
+        self.queues[name] = limits
+        return limits
+
+    def configure_queues(self) -> None:
+        """Write the limits declared with ``queue()`` to the database (workers do at start)."""
+        with self.pool.connection() as conn:
+            for limits in self.queues.values():
+                call_sql(conn, "configure_queue", limits.params())
 
     # --- runs: each call has an ``_async`` twin; what they send is decided once, below ------
 

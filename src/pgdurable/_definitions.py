@@ -154,11 +154,15 @@ class Workflow(Generic[P, R]):
         on_conflict: str | None = None,
         timeout: float | timedelta | None = None,
         max_recoveries: int | None = None,
+        concurrency_key: str | None = None,
+        dedup_key: str | None = None,
         conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> WorkflowCall[P, R]:
         """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``. A
         ``conn`` starts the run in its transaction: a Connection for ``start()``, an
-        AsyncConnection for ``start_async()``."""
+        AsyncConnection for ``start_async()``. ``concurrency_key``: the key the queue's per-key
+        limits apply to (one run per key at a time unless configured); ``dedup_key``: while an
+        unfinished run of the queue has this key, a start returns it instead of a new run."""
         opts = StartOptions(
             workflow_id=workflow_id,
             queue=queue,
@@ -167,6 +171,8 @@ class Workflow(Generic[P, R]):
             on_conflict=on_conflict,
             timeout=timeout,
             max_recoveries=max_recoveries,
+            concurrency_key=concurrency_key,
+            dedup_key=dedup_key,
         )
         return WorkflowCall(self, opts, conn)
 

@@ -13,6 +13,8 @@ class StartOptions:
     """What ``wf.options(...)`` and ``app.start(..., **options)`` accept."""
 
     __slots__ = (
+        "concurrency_key",
+        "dedup_key",
         "delay",
         "max_recoveries",
         "on_conflict",
@@ -35,6 +37,8 @@ class StartOptions:
         timeout: float | timedelta | None = None,
         max_recoveries: int | None = None,
         parent_id: str | None = None,
+        concurrency_key: str | None = None,
+        dedup_key: str | None = None,
     ) -> None:
         if on_conflict not in (None, "return", "raise"):
             raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
@@ -54,6 +58,12 @@ class StartOptions:
             )
         if workflow_id is not None:
             check_text("workflow_id", str(workflow_id))
+        if concurrency_key is not None:
+            check_text("concurrency_key", concurrency_key)
+        if dedup_key is not None:
+            check_text("dedup_key", dedup_key)
+        self.concurrency_key = concurrency_key
+        self.dedup_key = dedup_key
         self.workflow_id = workflow_id
         self.queue = queue
         self.priority = priority
@@ -79,7 +89,15 @@ class StartOptions:
             out["queue"] = self.queue or default_queue
         if self.workflow_id is not None:
             out["workflow_id"] = str(self.workflow_id)
-        for key in ("priority", "delay", "on_conflict", "timeout", "parent_id"):
+        for key in (
+            "priority",
+            "delay",
+            "on_conflict",
+            "timeout",
+            "parent_id",
+            "concurrency_key",
+            "dedup_key",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -113,6 +113,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self.workflows: dict[str, Registered] = {}
+        # flow control declared with App.queue(): {queue name: QueueLimits}
+        self.queues: dict[str, Any] = {}
         self.leases = Leases(self)
 
     @property

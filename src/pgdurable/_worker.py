@@ -53,7 +53,8 @@ def _count(name: str, value: object, maximum: int) -> int:
 
 
 class Worker:
-    """Runs workflows of ``queues`` (default: the queues of the app's registered workflows).
+    """Runs workflows of ``queues`` (default: the queues of the app's registered workflows and
+    those it declares with ``app.queue(...)``).
 
     It claims only runs of workflows its App registers: plain ones on ``concurrency`` threads,
     async ones as up to ``async_concurrency`` tasks on one event loop in a thread of their own,
@@ -84,7 +85,11 @@ class Worker:
         chosen = (
             list(queues)
             if queues is not None
-            else sorted({wf.queue for wf in app.workflows.values()} | {"default"})
+            else sorted(
+                {wf.queue for wf in app.workflows.values()}
+                | set(getattr(app, "queues", {}))
+                | {"default"}
+            )
         )
         self.queues = [check_name("queue", q) for q in chosen]
         self.poll_interval = float(
@@ -168,6 +173,7 @@ class Worker:
                 extra={"queues": self.queues, "unserved": unserved},
             )
         self.app.ensure_pool_size(self.concurrency + 1)
+        self._configure_queues()
         self._register()
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
         listener.start()
@@ -204,6 +210,15 @@ class Worker:
                     call_sql(c, "register_worker", self._registration())
         except psycopg.Error as exc:
             log.warning("could not register worker %s: %s", self.app.worker_id, describe(exc))
+
+    def _configure_queues(self) -> None:
+        """The flow control the App declares (app.queue(...)): in the database before the first
+        claim, so this worker's claims already honour it."""
+        limits = list(getattr(self.app, "queues", {}).values())
+        if limits:
+            with self.app.pool.connection() as conn:
+                for queue in limits:
+                    call_sql(conn, "configure_queue", queue.params())
 
     def _unregister(self) -> None:
         # A connection of its own: the pool may be reconnecting after a restart, and a
