@@ -3,6 +3,7 @@ subprocesses it starts (``python -m bench.worker``)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -111,3 +112,84 @@ def build(dsn: str) -> BenchApp:
         return i
 
     return BenchApp(app, w1, w2, w3, w4, wake, event_wake, mem, marks)
+
+
+# --- async workflows (W1A, A1000) ---------------------------------------------------------------
+# A separate App, so that the worker processes of W2 and MEM (which build the sync one) get no
+# async lane and their figures stay what they were.
+
+# Held runs (A1000) sit in a step that awaits this release; bench.worker calls release_held()
+# on SIGUSR1. One asyncio.Event per event loop: waiting costs the loop nothing, unlike polling.
+_RELEASED = threading.Event()
+_RELEASE_EVENTS: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+
+def release_held() -> None:
+    """Let every held step of this process return (callable from any thread or a signal)."""
+    _RELEASED.set()
+    for loop, event in list(_RELEASE_EVENTS.items()):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+
+async def _until_released() -> None:
+    loop = asyncio.get_running_loop()
+    event = _RELEASE_EVENTS.setdefault(loop, asyncio.Event())
+    # Registered before looking at the flag: a release in between sets this event too.
+    if not _RELEASED.is_set():
+        await event.wait()
+
+
+@dataclass
+class AsyncBenchApp:
+    app: pgdurable.App
+    w1a: Any
+    active: Any
+    sleeper: Any
+    waiter: Any
+    holder: Any
+
+
+def build_async(dsn: str) -> AsyncBenchApp:
+    app = pgdurable.App(dsn, worker_id=None)
+
+    @app.step()
+    async def anoop() -> None:
+        return None
+
+    @app.step()
+    async def hold() -> None:
+        await _until_released()
+
+    @app.workflow(name="bench_w1a", queue="w1a")
+    async def w1a(n: int) -> int:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await anoop()
+        TIMINGS["w1a"] = time.perf_counter() - t0
+        return n
+
+    @app.workflow(name="bench_a_active", queue="a1000")
+    async def active(batch: int, n: int) -> int:
+        for _ in range(n):
+            await anoop()
+        return batch
+
+    @app.workflow(name="bench_a_sleep", queue="a1000")
+    async def sleeper(i: int, secs: float) -> int:
+        await pgdurable.sleep_async(secs)
+        await anoop()
+        return i
+
+    @app.workflow(name="bench_a_wait", queue="a1000")
+    async def waiter(i: int) -> Any:
+        payload = await pgdurable.wait_for_event_async(f"bench-a1000:{i}")
+        await anoop()
+        return payload
+
+    @app.workflow(name="bench_a_hold", queue="a1000")
+    async def holder(i: int) -> int:
+        await hold()
+        return i
+
+    return AsyncBenchApp(app, w1a, active, sleeper, waiter, holder)

@@ -30,7 +30,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("W1", "W2", "W3", "W4", "WAKE", "SCALE", "MEM", "IMPORT")
+# A1000 runs last: it shifts the engine clock of the bench database.
+WORKLOADS = ("W1", "W1A", "W2", "W3", "W4", "WAKE", "SCALE", "MEM", "IMPORT", "A1000")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Sizes:
     scale_cycles: int
     mem_runs: int
     import_reps: int
+    a_parked: int
+    a_active: int
+    a_steps: int
 
 
 FULL = Sizes(
@@ -72,6 +76,9 @@ FULL = Sizes(
     scale_cycles=1000,
     mem_runs=100_000,
     import_reps=7,
+    a_parked=1000,
+    a_active=100,
+    a_steps=100,
 )
 SMOKE = Sizes(
     floor_ops=50,
@@ -91,6 +98,9 @@ SMOKE = Sizes(
     scale_cycles=30,
     mem_runs=200,
     import_reps=2,
+    a_parked=40,
+    a_active=10,
+    a_steps=10,
 )
 
 
@@ -231,8 +241,11 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def workers(dsn: str, queues: str, processes: int, concurrency: int) -> Iterator[list[int]]:
-    """Start worker subprocesses and wait until each is claiming; SIGTERM them at the end."""
+def workers(
+    dsn: str, queues: str, processes: int, concurrency: int, extra: tuple[str, ...] = ()
+) -> Iterator[list[int]]:
+    """Start worker subprocesses and wait until each is claiming; SIGTERM them at the end.
+    ``extra``: more arguments of ``python -m bench.worker``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
@@ -248,6 +261,7 @@ def workers(dsn: str, queues: str, processes: int, concurrency: int) -> Iterator
                 queues,
                 "--concurrency",
                 str(concurrency),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -382,6 +396,16 @@ class Bench:
             steps=s.w1_steps,
             reps=s.w1_reps,
         )
+
+    def run_w1a(self) -> None:
+        from bench.async_bench import run_w1a
+
+        run_w1a(self)
+
+    def run_a1000(self) -> None:
+        from bench.async_bench import run_a1000
+
+        run_a1000(self)
 
     def run_w2(self) -> None:
         s = self.sizes
@@ -798,6 +822,7 @@ def chart(report: Report, path: Path) -> None:
     cost = []  # (label, ratio, goal)
     for wl, fig, label, goal in (
         ("W1", "noop_step", "W1 no-op step\n/ INSERT+COMMIT", 1.3),
+        ("W1A", "noop_step", "W1A async step\n/ INSERT+COMMIT", 1.3),
         ("W3", "transaction_step", "W3 tx step\n/ two INSERTs", 1.3),
     ):
         row = report.get(wl, fig)
@@ -915,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.run_floor()
             steps: dict[str, Callable[[], None]] = {
                 "W1": bench.run_w1,
+                "W1A": bench.run_w1a,
                 "W2": bench.run_w2,
                 "W3": bench.run_w3,
                 "W4": bench.run_w4,
@@ -922,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
                 "SCALE": bench.run_scale,
                 "MEM": bench.run_mem,
                 "IMPORT": bench.run_import,
+                "A1000": bench.run_a1000,
             }
             for name in WORKLOADS:
                 if name not in only:

@@ -23,6 +23,8 @@ EXPECTED = {
     ("floor", "insert_commit"),
     ("floor", "two_inserts"),
     ("W1", "noop_step"),
+    ("W1A", "noop_step"),
+    ("W1A", "noop_step_inline"),
     ("W2", "workflows_per_s"),
     ("W2", "steps_per_s"),
     ("W3", "transaction_step"),
@@ -35,6 +37,15 @@ EXPECTED = {
     ("MEM", "rss_idle"),
     ("MEM", "rss_after_all"),
     ("IMPORT", "import_pgdurable"),
+    ("A1000", "active_steps_per_s"),
+    ("A1000", "active_steps_per_s_parked"),
+    ("A1000", "active_steps_per_s_held"),
+    ("A1000", "parked_complete_s"),
+    ("A1000", "held_complete_s"),
+    ("A1000", "rss_parked"),
+    ("A1000", "rss_held"),
+    ("A1000", "connections_parked"),
+    ("A1000", "connections_held"),
 }
 
 
@@ -67,6 +78,13 @@ def test_bench_smoke_prints_every_figure(server_dsn: str, tmp_path: Any) -> None
             assert row["ratio"] is not None and row["ratio"] > 0, key
     w3 = figures[("W3", "transaction_step")]
     assert w3["rows_verified"] == w3["rows_expected"] == w3["steps"]
+    # Every parked run (timer fired, event emitted) and every held run came back with its value.
+    for figure in ("parked_complete_s", "held_complete_s"):
+        row = figures[("A1000", figure)]
+        assert row["verified"] == row["runs"] > 0, row
+    # The async lane's pool, not one connection per run: bounded whatever the parked count.
+    held = figures[("A1000", "connections_held")]
+    assert held["value"] < held["async_concurrency"], held
     assert (tmp_path / "results.md").read_text().count("\n| ") >= len(EXPECTED)
     assert (tmp_path / "ratios.png").stat().st_size > 1000
 
