@@ -102,7 +102,7 @@ class AsyncDriver:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | Any,
         on_lost: Callable[[], Awaitable[None]] | None = None,
         checkout_timeout: float = 10.0,
     ) -> None:

@@ -9,9 +9,10 @@ counted and backed off by the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -66,7 +67,7 @@ def execute(
 async def execute_async(
     app: Runtime,
     row: tuple[Any, ...],
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | _Pinned,
     stop: threading.Event | None = None,
     held: Held | None = None,
     on_lost: Callable[[], Awaitable[None]] | None = None,
@@ -247,10 +248,25 @@ async def run_here_async(app: Runtime, handle: RunHandle[Any]) -> Any:
     async with pool.connection() as conn:
         cur = await aq.call_sql(conn, "claim_run", (handle.run_id, app.worker_id, app.lease))
         row = await cur.fetchone()
-    if row is not None:
-        outcome, value = await execute_async(app, row, pool, on_lost=pool.check)
-        if outcome == "completed":
-            return value
-        if outcome == "failed":
-            raise value
+        if row is not None:
+            # One checked-out connection for the whole run, as a sync direct call holds one:
+            # the App's pool pings each connection it hands out, once per checkout.
+            outcome, value = await execute_async(app, row, _Pinned(conn), on_lost=pool.check)
+            if outcome == "completed":
+                return value
+            if outcome == "failed":
+                raise value
     return await handle.result_async()
+
+
+class _Pinned:
+    """A pool of one connection, already checked out: what execute_async() needs of a pool."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        yield self.conn
