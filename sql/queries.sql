@@ -329,3 +329,37 @@ select pgdurable.reset_queue(%s);
 -- name: cli_queue_running
 -- `pgdurable queues drain`: how many runs of the queue are running.
 select pg_catalog.count(*) from pgdurable.runs where queue_name = %s and status = 'running';
+
+-- name: due_schedules
+-- A worker's firing: the schedules due by engine time, locked (SKIP LOCKED) until it commits.
+select * from pgdurable.due_schedules(%s);
+
+-- name: fire_schedule
+-- Start the runs of a schedule's due ticks and set its next tick (same transaction).
+select pgdurable.fire_schedule(%s, %s, %s);
+
+-- name: upsert_schedule
+-- Write a schedule the App declares (each worker at start; the CLI).
+select pgdurable.upsert_schedule(%s, %s, %s, %s, %s, %s);
+
+-- name: cli_schedules
+-- `pgdurable schedules`: every schedule and when it fires.
+select name, workflow_name, cron, timezone, next_fire_at, last_fire_at, last_run_id, paused,
+       catchup, catchup_max, overlap, queue_name, input
+  from pgdurable.schedules order by name;
+
+-- name: cli_trigger_schedule
+-- `pgdurable schedules trigger`: run now.
+select pgdurable.trigger_schedule(%s);
+
+-- name: cli_pause_schedule
+-- `pgdurable schedules pause`.
+select pgdurable.pause_schedule(%s);
+
+-- name: cli_resume_schedule
+-- `pgdurable schedules resume`.
+select pgdurable.resume_schedule(%s);
+
+-- name: cli_delete_schedule
+-- `pgdurable schedules delete`.
+select pgdurable.delete_schedule(%s);

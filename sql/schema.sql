@@ -259,6 +259,34 @@ create table if not exists pgdurable.streams (
     constraint streams_closed_check check (closed = (value is null))
 );
 
+-- Recurring workflows (docs/schedules.md). Workers fire them: each firing locks the row (SKIP
+-- LOCKED), computes the due ticks from cron in the SDK (cronsim) against engine time, and calls
+-- fire_schedule, which starts one run per tick under the workflow id schedule:<name>:<tick>, so
+-- a tick fired twice (two workers, a retry) still makes one run.
+create table if not exists pgdurable.schedules (
+    name           text primary key,
+    workflow_name  text not null,
+    cron           text not null,
+    timezone       text not null default 'UTC',
+    input          jsonb not null default '{"args": [], "kwargs": {}}',
+    queue_name     text,
+    catchup        text not null default 'latest',
+    catchup_max    integer not null default 100,
+    overlap        text not null default 'allow',
+    paused         boolean not null default false,
+    -- the next tick to fire; null: a worker computes it (new, changed or resumed schedule)
+    next_fire_at   timestamptz,
+    last_fire_at   timestamptz,
+    last_run_id    uuid,
+    created_at     timestamptz not null,
+    updated_at     timestamptz not null,
+    constraint schedules_name_check check (name ~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$'),
+    constraint schedules_catchup_check check (catchup in ('skip', 'latest', 'all')
+        and catchup_max between 1 and 10000),
+    constraint schedules_overlap_check check (overlap in ('allow', 'skip', 'queue'))
+);
+create index if not exists schedules_due_idx on pgdurable.schedules (next_fire_at) where not paused;
+
 -- Engine time. Every function below reads the clock through this, so tests can shift it.
 -- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
 -- afresh in every statement (~30 us per call on the hot path); PL/pgSQL caches the plan.
@@ -442,6 +470,24 @@ begin
     end if;
 end $$;
 
+-- Internal: raises PD003 unless p_input is a run's input, {"args": [...], "kwargs": {...}},
+-- within the limits in settings. p_what names whose input it is (workflow X, schedule Y).
+create or replace function pgdurable._check_input(p_input jsonb, p_what text) returns void
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if p_input is null or jsonb_typeof(p_input) <> 'object'
+       or jsonb_typeof(coalesce(p_input -> 'args', '[]')) <> 'array'
+       or jsonb_typeof(coalesce(p_input -> 'kwargs', '{}')) <> 'object'
+       or exists (select 1 from jsonb_object_keys(p_input) k where k not in ('args', 'kwargs')) then
+        raise exception 'invalid input for %: %', p_what, coalesce(p_input::text, 'NULL')
+            using errcode = 'PD003',
+                  hint = 'pass a JSON object {"args": [...], "kwargs": {...}}';
+    end if;
+    perform pgdurable._check_json(p_input, format('input of %s', p_what));
+end $$;
+
 -- Called by the SDK and by SQL users to start a workflow run; usable inside the caller's
 -- transaction (the run exists only if it commits). Idempotent on workflow_id. Returns the run id.
 -- p_input: {"args": [...], "kwargs": {...}}. p_options keys: workflow_id, queue, priority,
@@ -472,14 +518,7 @@ begin
             using errcode = 'PD003',
                   hint = 'use the registered name: letters, digits and _ . : < > -, at most 200 characters';
     end if;
-    if p_input is null or jsonb_typeof(p_input) <> 'object'
-       or jsonb_typeof(coalesce(p_input -> 'args', '[]')) <> 'array'
-       or jsonb_typeof(coalesce(p_input -> 'kwargs', '{}')) <> 'object'
-       or exists (select 1 from jsonb_object_keys(p_input) k where k not in ('args', 'kwargs')) then
-        raise exception 'invalid input for workflow %: %', p_workflow_name, coalesce(p_input::text, 'NULL')
-            using errcode = 'PD003',
-                  hint = 'pass a JSON object {"args": [...], "kwargs": {...}}';
-    end if;
+    perform pgdurable._check_input(p_input, format('workflow %s', p_workflow_name));
     if p_options is null or jsonb_typeof(p_options) <> 'object' then
         raise exception 'options must be a JSON object, got %', coalesce(p_options::text, 'NULL')
             using errcode = 'PD004';
@@ -501,7 +540,6 @@ begin
             using errcode = 'PD004',
                   hint = 'concurrency_key and dedup_key are strings of 1 to 500 characters';
     end if;
-    perform pgdurable._check_json(p_input, format('input of workflow %s', p_workflow_name));
 
     -- no queue given: the queue the workflow's workers registered, else 'default'
     v_queue := p_options ->> 'queue';
@@ -1167,6 +1205,204 @@ begin
     end if;
     return found;
 end $$;
+
+-- Called by workers (app.schedule(...) and @app.workflow(schedule=...), applied at start), the
+-- CLI and operators: creates or replaces schedule p_name. p_options: queue, catchup (skip,
+-- latest, all), catchup_max, overlap (allow, skip, queue). A new schedule, or one whose cron or
+-- time zone changed, fires first at its next tick from now; its history is kept.
+create or replace function pgdurable.upsert_schedule(
+    p_name text,
+    p_workflow_name text,
+    p_cron text,
+    p_timezone text default 'UTC',
+    p_input jsonb default '{"args": [], "kwargs": {}}',
+    p_options jsonb default '{}'
+) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_bad text;
+begin
+    if p_name is null or p_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
+        raise exception 'invalid schedule name %', coalesce(quote_literal(p_name), 'NULL')
+            using errcode = 'PD004',
+                  hint = 'letters, digits and _ . : < > -, not starting with a digit, at most 200 characters';
+    end if;
+    if p_workflow_name is null or p_workflow_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
+        raise exception 'invalid workflow name %', coalesce(quote_literal(p_workflow_name), 'NULL')
+            using errcode = 'PD004';
+    end if;
+    if p_cron is null or length(p_cron) > 500 or p_cron !~ '^[0-9A-Za-z*/,?#LW -]+$'
+       or cardinality(regexp_split_to_array(btrim(p_cron), '\s+')) not in (5, 6) then
+        raise exception 'invalid cron expression %', coalesce(quote_literal(p_cron), 'NULL')
+            using errcode = 'PD004',
+                  hint = '5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first, e.g. ''*/5 * * * *''';
+    end if;
+    if p_timezone is null or not exists (select from pg_timezone_names z where z.name = p_timezone) then
+        raise exception 'unknown time zone %', coalesce(quote_literal(p_timezone), 'NULL')
+            using errcode = 'PD004',
+                  hint = 'use an IANA name such as ''UTC'' or ''Europe/Berlin''';
+    end if;
+    perform pgdurable._check_input(p_input, format('schedule %s', p_name));
+    select string_agg(k, ', ') into v_bad from jsonb_object_keys(coalesce(p_options, '{}')) k
+        where k not in ('queue', 'catchup', 'catchup_max', 'overlap');
+    if v_bad is not null or jsonb_typeof(coalesce(p_options, '{}')) <> 'object'
+       or coalesce(p_options ->> 'catchup', 'latest') not in ('skip', 'latest', 'all')
+       or coalesce(p_options ->> 'overlap', 'allow') not in ('allow', 'skip', 'queue')
+       or coalesce(p_options ->> 'queue', 'default') !~ '^[A-Za-z0-9_.:-]{1,100}$'
+       or coalesce(p_options ->> 'catchup_max', '100') !~ '^[0-9]{1,5}$'
+       or coalesce((p_options ->> 'catchup_max')::integer, 100) not between 1 and 10000 then
+        raise exception 'invalid schedule options %', p_options
+            using errcode = 'PD004',
+                  hint = 'options: queue, catchup (skip, latest, all), catchup_max (1 to 10000), overlap (allow, skip, queue)';
+    end if;
+    insert into pgdurable.schedules as s (name, workflow_name, cron, timezone, input, queue_name,
+                                          catchup, catchup_max, overlap, created_at, updated_at)
+    values (p_name, p_workflow_name, btrim(p_cron), p_timezone, p_input, p_options ->> 'queue',
+            coalesce(p_options ->> 'catchup', 'latest'),
+            coalesce((p_options ->> 'catchup_max')::integer, 100),
+            coalesce(p_options ->> 'overlap', 'allow'), v_now, v_now)
+    on conflict (name) do update
+       set workflow_name = excluded.workflow_name, cron = excluded.cron,
+           timezone = excluded.timezone, input = excluded.input, queue_name = excluded.queue_name,
+           catchup = excluded.catchup, catchup_max = excluded.catchup_max,
+           overlap = excluded.overlap, updated_at = v_now,
+           next_fire_at = case when (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                               then s.next_fire_at end;
+end $$;
+
+-- Called by workers, in a transaction they then call fire_schedule in: the schedules due by
+-- engine time (or new: next_fire_at null), locked, skipping those another worker is firing.
+create or replace function pgdurable.due_schedules(p_limit integer default 50)
+returns table (name text, cron text, timezone text, catchup text, catchup_max integer,
+               next_fire_at timestamptz, engine_now timestamptz)
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    return query
+        select s.name, s.cron, s.timezone, s.catchup, s.catchup_max, s.next_fire_at, v_now
+          from pgdurable.schedules s
+         where not s.paused and (s.next_fire_at is null or s.next_fire_at <= v_now)
+         order by s.next_fire_at nulls first
+         limit greatest(p_limit, 1)
+           for update skip locked;
+end $$;
+
+-- Internal: starts the run of schedule p (locked by the caller) for p_tick (null: run now),
+-- under its overlap policy. Returns the run id, or null when 'skip' found the last run going.
+create or replace function pgdurable._schedule_run(p pgdurable.schedules, p_tick timestamptz)
+returns uuid
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if p.overlap = 'skip' and exists (
+            select from pgdurable.runs r where r.id = p.last_run_id
+               and r.status in ('pending', 'running', 'sleeping', 'waiting')) then
+        return null;
+    end if;
+    return pgdurable.start_run(p.workflow_name, p.input,
+        jsonb_build_object('workflow_id', format('schedule:%s:%s', p.name,
+            coalesce(to_char(p_tick at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                     'now:' || to_char(pgdurable.now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))))
+        || jsonb_strip_nulls(jsonb_build_object(
+               'queue', p.queue_name,
+               'concurrency_key', case when p.overlap = 'queue' then 'schedule:' || p.name end)));
+end $$;
+
+-- Called by workers (in the transaction of due_schedules): starts one run per tick of p_ticks
+-- (the workflow id schedule:<name>:<tick> makes a tick fired twice one run), then waits for
+-- p_next. Returns the runs started (a tick the overlap policy skipped starts none).
+create or replace function pgdurable.fire_schedule(
+    p_name text, p_ticks timestamptz[], p_next timestamptz
+) returns setof uuid
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_s pgdurable.schedules%rowtype;
+    v_tick timestamptz;
+    v_run uuid;
+begin
+    select * into v_s from pgdurable.schedules s where s.name = p_name for update;
+    if not found or v_s.paused then
+        return;
+    end if;
+    foreach v_tick in array coalesce(p_ticks, '{}') loop
+        v_run := pgdurable._schedule_run(v_s, v_tick);
+        if v_run is not null then
+            v_s.last_run_id := v_run;
+            return next v_run;
+        end if;
+        v_s.last_fire_at := v_tick;
+    end loop;
+    update pgdurable.schedules s
+       set next_fire_at = p_next, last_fire_at = v_s.last_fire_at, last_run_id = v_s.last_run_id,
+           updated_at = pgdurable.now()
+     where s.name = p_name;
+end $$;
+
+-- Called by operators: "run now". Starts a run of schedule p_name at once (its overlap policy
+-- applies; its next tick does not move). Returns the run id (null: skipped, the last run goes on).
+create or replace function pgdurable.trigger_schedule(p_name text) returns uuid
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_s pgdurable.schedules%rowtype;
+    v_run uuid;
+begin
+    select * into v_s from pgdurable.schedules s where s.name = p_name for update;
+    if not found then
+        raise exception 'no schedule named %', coalesce(quote_literal(p_name), 'NULL')
+            using errcode = 'PD006',
+                  hint = 'pgdurable schedules lists them';
+    end if;
+    v_run := pgdurable._schedule_run(v_s, null);
+    if v_run is not null then
+        update pgdurable.schedules s set last_run_id = v_run, updated_at = pgdurable.now()
+         where s.name = p_name;
+    end if;
+    return v_run;
+end $$;
+
+-- Called by operators: a paused schedule starts nothing; resumed, it fires next at its next
+-- tick from then (the ticks missed while paused are not caught up). delete_schedule removes it
+-- (its runs stay). Each returns whether the schedule exists.
+create or replace function pgdurable.pause_schedule(p_name text) returns boolean
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    with changed as (
+        update pgdurable.schedules s set paused = true, updated_at = pgdurable.now()
+         where s.name = p_name returning 1)
+    select exists (select from changed);
+$$;
+
+create or replace function pgdurable.resume_schedule(p_name text) returns boolean
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    with changed as (
+        update pgdurable.schedules s
+           set paused = false, next_fire_at = null, updated_at = pgdurable.now()
+         where s.name = p_name and s.paused returning 1)
+    select exists (select from changed)
+        or exists (select from pgdurable.schedules s where s.name = p_name);
+$$;
+
+create or replace function pgdurable.delete_schedule(p_name text) returns boolean
+language sql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    with gone as (delete from pgdurable.schedules s where s.name = p_name returning 1)
+    select exists (select from gone);
+$$;
 
 -- Called by the SDK after each durable operation (step, transaction, value, child start).
 -- Fenced: raises PD002 if the worker lost the run, PD005 if the run was cancelled. Inside a

@@ -72,6 +72,9 @@ WORKER_CALLS = CLIENT_CALLS | {
     "write_stream",
     "close_stream",
     "configure_queue",
+    "upsert_schedule",
+    "due_schedules",
+    "fire_schedule",
 }
 ADMIN_CALLS = WORKER_CALLS | {
     "gc_runs",
@@ -82,6 +85,10 @@ ADMIN_CALLS = WORKER_CALLS | {
     "pause_queue",
     "resume_queue",
     "reset_queue",
+    "trigger_schedule",
+    "pause_schedule",
+    "resume_schedule",
+    "delete_schedule",
 }
 CALLS = {"pgdurable_client": CLIENT_CALLS, "pgdurable_worker": WORKER_CALLS}
 CALLS["pgdurable_admin"] = ADMIN_CALLS
@@ -99,6 +106,7 @@ CLIENT_READS = {
     "unserved_runs",
     "queues",
     "queue_overview",
+    "schedules",
 }
 READS = {"pgdurable_client": CLIENT_READS, "pgdurable_worker": CLIENT_READS}
 READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock", "queue_keys"}

@@ -34,6 +34,7 @@ from ._support import (
     warn_loudly,
 )
 from .queues_cmd import queues
+from .schedules_cmd import schedules
 
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
 FINISHED = frozenset(STATUSES[4:])
@@ -470,6 +471,7 @@ def _runs(count: int) -> str:
 
 
 cli.add_command(queues)
+cli.add_command(schedules)
 
 if __name__ == "__main__":
     cli()

@@ -1,10 +1,12 @@
--- 0004: flow control (version 3 -> 4). Tables, columns and indexes only: `pgdurable init`
--- applies this, then re-applies sql/schema.sql, which adds configure_queue, pause_queue,
--- resume_queue, the limited path of claim_runs / claim_run and the start options
--- concurrency_key and dedup_key.
+-- 0004: flow control and schedules (version 3 -> 4). Tables, columns and indexes only:
+-- `pgdurable init` applies this, then re-applies sql/schema.sql, which adds configure_queue,
+-- pause_queue, resume_queue, reset_queue, the limited path of claim_runs / claim_run, the start
+-- options concurrency_key and dedup_key, and the schedule functions (upsert_schedule,
+-- due_schedules, fire_schedule, trigger_schedule, pause/resume/delete_schedule).
 --
 -- runs.concurrency_key, runs.dedup_key: new, null for every existing run (no limits change).
 -- queues, queue_keys: new and empty: every existing queue stays unlimited.
+-- schedules: new and empty.
 -- The three indexes are partial and start small (running runs; pending runs with a key;
 -- unfinished runs with a dedup key).
 
@@ -52,3 +54,27 @@ create table if not exists pgdurable.queue_keys (
     recent           timestamptz[] not null default '{}',
     constraint queue_keys_pkey primary key (queue_name, concurrency_key)
 );
+
+create table if not exists pgdurable.schedules (
+    name           text primary key,
+    workflow_name  text not null,
+    cron           text not null,
+    timezone       text not null default 'UTC',
+    input          jsonb not null default '{"args": [], "kwargs": {}}',
+    queue_name     text,
+    catchup        text not null default 'latest',
+    catchup_max    integer not null default 100,
+    overlap        text not null default 'allow',
+    paused         boolean not null default false,
+    -- the next tick to fire; null: a worker computes it (new, changed or resumed schedule)
+    next_fire_at   timestamptz,
+    last_fire_at   timestamptz,
+    last_run_id    uuid,
+    created_at     timestamptz not null,
+    updated_at     timestamptz not null,
+    constraint schedules_name_check check (name ~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$'),
+    constraint schedules_catchup_check check (catchup in ('skip', 'latest', 'all')
+        and catchup_max between 1 and 10000),
+    constraint schedules_overlap_check check (overlap in ('allow', 'skip', 'queue'))
+);
+create index if not exists schedules_due_idx on pgdurable.schedules (next_fire_at) where not paused;

@@ -11,7 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 
 from . import _async_queries as aq
-from . import _context
+from . import _codec, _context
 from ._async_queries import async_conn, sync_conn
 from ._db import call_sql
 from ._definitions import Step, Transaction, Workflow
@@ -23,6 +23,7 @@ from ._queries import Q
 from ._queues import QueueLimits, Rate
 from ._retry import Retry
 from ._runtime import Registered, Runtime
+from ._schedules import ScheduleSpec
 from ._starting import found, run_key, start, start_async
 from ._waiting import emit_plan, send_plan
 from ._worker import Worker
@@ -69,11 +70,15 @@ class App(Runtime):
         queue: str = "default",
         max_recoveries: int | None = None,
         on_failure: Callable[[dict[str, Any]], Any] | None = None,
+        schedule: str | None = None,
+        tz: str = "UTC",
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
         """Register a workflow. Its name defaults to the function's qualified name.
 
         ``on_failure(info)`` runs once, durably, when a run fails; ``info`` holds run_id,
         workflow_id, failed_step, error, input and the outputs of the completed steps.
+        ``schedule`` (a cron expression, in time zone ``tz``) also declares a schedule of the
+        same name starting it without arguments; ``app.schedule()`` takes more options.
         """
 
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
@@ -85,8 +90,13 @@ class App(Runtime):
                     f"a workflow named {wf_name!r} is already registered on this app: "
                     "give one of them name=..."
                 )
+            spec = None
+            if schedule is not None:
+                spec = ScheduleSpec(wf_name, wf_name, schedule, tz, queue=queue)
             wf = Workflow(self, fn, wf_name, queue, max_recoveries, on_failure)
             self.workflows[wf_name] = wf
+            if spec is not None:
+                self.schedules[spec.name] = spec
             return wf
 
         return wrap
@@ -135,6 +145,49 @@ class App(Runtime):
         )
         self.queues[name] = limits
         return limits
+
+    def schedule(
+        self,
+        workflow: Workflow[Any, Any] | str,
+        *,
+        cron: str,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        catchup: str = "latest",
+        catchup_max: int = 100,
+        overlap: str = "allow",
+    ) -> ScheduleSpec:
+        """Start ``workflow`` on every tick of ``cron`` in time zone ``tz`` (docs/schedules.md):
+        one run per tick across all workers. ``catchup`` after downtime: ``skip``, ``latest``
+        (one run for the missed ticks) or ``all`` (up to ``catchup_max``); ``overlap`` when the
+        previous run still goes: ``allow``, ``skip`` or ``queue`` (one at a time). Each worker of
+        the App writes it to the database when it starts (``configure_schedules()`` now)."""
+        wf_name = workflow if isinstance(workflow, str) else workflow.name
+        spec = ScheduleSpec(
+            name or wf_name,
+            check_name("workflow", wf_name),
+            cron,
+            tz,
+            tuple(args),
+            kwargs,
+            queue,
+            catchup,
+            catchup_max,
+            overlap,
+        )
+        _codec.encode_input(tuple(spec.args), dict(spec.kwargs or {}), self.limits)
+        self.schedules[spec.name] = spec
+        return spec
+
+    def configure_schedules(self) -> None:
+        """Write the schedules declared with ``schedule()`` to the database (workers do it when
+        they start). A changed cron or time zone fires next at its next tick from now."""
+        with self.pool.connection() as conn:
+            for spec in self.schedules.values():
+                call_sql(conn, "upsert_schedule", spec.params(self.limits))
 
     def configure_queues(self) -> None:
         """Write the limits declared with ``queue()`` to the database (workers do at start)."""

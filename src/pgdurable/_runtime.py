@@ -115,6 +115,8 @@ class Runtime:
         self.workflows: dict[str, Registered] = {}
         # flow control declared with App.queue(): {queue name: QueueLimits}
         self.queues: dict[str, Any] = {}
+        # schedules declared with App.schedule() / @app.workflow(schedule=...): {name: spec}
+        self.schedules: dict[str, Any] = {}
         self.leases = Leases(self)
 
     @property

@@ -21,6 +21,7 @@ from ._executor import execute
 from ._leases import Held
 from ._names import check_name
 from ._queries import Q
+from ._schedule_firing import fire_due
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -42,6 +43,8 @@ RUN_CHECKOUT_TIMEOUT = 10.0
 # How often a worker tells the registry it is alive (pgdurable.workers.last_seen_at); the
 # unserved_runs view counts a worker as live for a minute after that.
 REGISTER_EVERY = 10.0
+# How often each worker's listener looks for due schedules (any one of them fires a tick).
+SCHEDULE_EVERY = 1.0
 
 
 def _count(name: str, value: object, maximum: int) -> int:
@@ -212,13 +215,16 @@ class Worker:
             log.warning("could not register worker %s: %s", self.app.worker_id, describe(exc))
 
     def _configure_queues(self) -> None:
-        """The flow control the App declares (app.queue(...)): in the database before the first
-        claim, so this worker's claims already honour it."""
+        """The flow control and schedules the App declares (app.queue(...), app.schedule(...)):
+        in the database before the first claim, so this worker's claims already honour them."""
         limits = list(getattr(self.app, "queues", {}).values())
-        if limits:
+        schedules = list(getattr(self.app, "schedules", {}).values())
+        if limits or schedules:
             with self.app.pool.connection() as conn:
                 for queue in limits:
                     call_sql(conn, "configure_queue", queue.params())
+                for spec in schedules:
+                    call_sql(conn, "upsert_schedule", spec.params(self.app.limits))
 
     def _unregister(self) -> None:
         # A connection of its own: the pool may be reconnecting after a restart, and a
@@ -312,8 +318,9 @@ class Worker:
 
     def _listen(self) -> None:
         """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps. On
-        the same connection: the registry heartbeat, and tick_due() while every slot is busy
-        (claims run it otherwise), so timers and expired leases never wait for a free slot."""
+        the same connection: the registry heartbeat, firing due schedules every second, and
+        tick_due() while every slot is busy (claims run it otherwise), so timers and expired
+        leases never wait for a free slot."""
         backoff = 0.5
         wanted = set(self.queues)
         while not self._stop.is_set():
@@ -324,7 +331,7 @@ class Worker:
                         log.warning("listener reconnected")
                     backoff = 0.5
                     self._ring()  # anything sent while we were not listening
-                    registered = ticked = time.monotonic()
+                    registered = ticked = fired = time.monotonic()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=min(1.0, self.poll_interval)):
                             log.debug("notified: %s", note.payload)
@@ -337,8 +344,22 @@ class Worker:
                         if now - ticked >= self.poll_interval and self._saturated():
                             call_sql(conn, "tick_due")
                             ticked = now
+                        if now - fired >= SCHEDULE_EVERY:
+                            _fire_schedules(conn)
+                            fired = now
             except psycopg.Error as exc:
                 if backoff == 0.5:
                     log.info("listener disconnected (%s); polling until it reconnects", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def _fire_schedules(conn: psycopg.Connection[Any]) -> None:
+    """Fire due schedules; a database error reaches the listener (which reconnects), anything
+    else is logged: a schedule must not stop the listener."""
+    try:
+        fire_due(conn)
+    except psycopg.Error:
+        raise
+    except Exception as exc:
+        log.error("firing schedules failed: %r", exc)
