@@ -100,6 +100,10 @@ create table if not exists pgdurable.runs (
     -- key under which a second start returns the unfinished run instead of a new one
     concurrency_key        text,
     dedup_key              text,
+    -- debounce: starts with this key while the run is pending collapse into it (latest input
+    -- wins, its start moves back), at the latest until debounce_until
+    debounce_key           text,
+    debounce_until         timestamptz,
     constraint runs_workflow_id_key unique (workflow_id),
     constraint runs_status_check check (status in
         ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
@@ -134,6 +138,10 @@ create index if not exists runs_running_idx
 create index if not exists runs_pending_key_idx
     on pgdurable.runs (queue_name, concurrency_key, created_at)
     where status = 'pending' and concurrency_key is not null;
+-- One collecting run per (queue, debounce_key); its first claim clears the key.
+create unique index if not exists runs_debounce_idx
+    on pgdurable.runs (queue_name, debounce_key)
+    where debounce_key is not null and status = 'pending';
 -- One unfinished run per (queue, dedup_key): a second start returns it.
 create unique index if not exists runs_dedup_idx
     on pgdurable.runs (queue_name, dedup_key)
@@ -512,6 +520,7 @@ declare
     v_deadline timestamptz;
     v_registered boolean;
     v_note text;
+    v_max_wait double precision;
 begin
     if p_workflow_name is null or p_workflow_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
         raise exception 'invalid workflow name %', coalesce(quote_literal(p_workflow_name), 'NULL')
@@ -526,11 +535,20 @@ begin
     select string_agg(k, ', ') into v_key from jsonb_object_keys(p_options) k
         where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
                         'max_recoveries', 'timeout', 'require_registered', 'concurrency_key',
-                        'dedup_key');
+                        'dedup_key', 'debounce', 'debounce_key', 'debounce_max_wait');
     if v_key is not null then
         raise exception 'unknown start option(s): %', v_key
             using errcode = 'PD004',
-                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key';
+                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait';
+    end if;
+    if (p_options ? 'debounce') <> (p_options ? 'debounce_key')
+       or p_options ? 'debounce_max_wait' and not p_options ? 'debounce'
+       or p_options ? 'debounce' and (p_options ? 'workflow_id' or p_options ? 'delay')
+       or jsonb_typeof(p_options -> 'debounce_key') not in ('string')
+       or length(p_options ->> 'debounce_key') not between 1 and 500 then
+        raise exception 'invalid debounce options %', p_options
+            using errcode = 'PD004',
+                  hint = 'debounce (seconds) goes with a debounce_key of 1 to 500 characters, optionally debounce_max_wait (seconds), and without workflow_id or delay: the starts collapse into one run';
     end if;
     if jsonb_typeof(p_options -> 'concurrency_key') not in ('string', 'null')
        or jsonb_typeof(p_options -> 'dedup_key') not in ('string', 'null')
@@ -568,8 +586,14 @@ begin
             using errcode = 'PD004';
     end if;
     begin
-        v_delay := coalesce((p_options ->> 'delay')::double precision, 0);
+        v_delay := coalesce((p_options ->> 'delay')::double precision,
+                            (p_options ->> 'debounce')::double precision, 0);
         v_timeout := (p_options ->> 'timeout')::double precision;
+        v_max_wait := (p_options ->> 'debounce_max_wait')::double precision;
+        if not coalesce(v_max_wait between 0 and 3155760000, true)
+           or p_options ? 'debounce' and not v_delay > 0 then
+            raise exception using errcode = '22023';
+        end if;
         -- NaN sorts above every number in PostgreSQL: the range tests reject it too
         if not (v_delay between 0 and 3155760000)
            or not coalesce(v_timeout > 0 and v_timeout <= 3155760000, true)
@@ -608,16 +632,33 @@ begin
         on conflict do nothing;
     end if;
 
-    -- no conflict target: a clash on workflow_id, on id (a uuid-shaped workflow_id) or on an
-    -- unfinished run's dedup_key lands below
+    -- debounce: a pending run collecting starts of this key takes the latest input, and its
+    -- start moves to the end of the new window (never past its debounce_until)
+    if p_options ? 'debounce' then
+        update pgdurable.runs r
+           set input = p_input, updated_at = v_now,
+               available_at = least(v_now + make_interval(secs => v_delay),
+                                    coalesce(r.debounce_until, 'infinity'))
+         where r.queue_name = v_queue and r.debounce_key = p_options ->> 'debounce_key'
+           and r.status = 'pending'
+        returning r.id into v_existing.id;
+        if found then
+            return v_existing.id;
+        end if;
+    end if;
+
+    -- no conflict target: a clash on workflow_id, on id (a uuid-shaped workflow_id), on an
+    -- unfinished run's dedup_key or a collecting run's debounce_key lands below
     insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, priority, input,
                                 max_recoveries, available_at, parent_id, deadline_at, note,
-                                created_at, updated_at, concurrency_key, dedup_key)
+                                created_at, updated_at, concurrency_key, dedup_key,
+                                debounce_key, debounce_until)
     values (v_id, v_key, p_workflow_name, v_queue, 'pending',
             coalesce((p_options ->> 'priority')::integer, 0), p_input,
             coalesce((p_options ->> 'max_recoveries')::integer, 10),
             v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_note, v_now, v_now,
-            p_options ->> 'concurrency_key', p_options ->> 'dedup_key')
+            p_options ->> 'concurrency_key', p_options ->> 'dedup_key',
+            p_options ->> 'debounce_key', v_now + make_interval(secs => v_max_wait))
     on conflict do nothing;
 
     if found then
@@ -625,6 +666,23 @@ begin
             perform pg_notify('pgdurable_wake', v_queue);
         end if;
         return v_id;
+    end if;
+
+    -- a concurrent start of the same debounce key inserted first: collapse into it
+    if p_options ? 'debounce' then
+        update pgdurable.runs r
+           set input = p_input, updated_at = v_now,
+               available_at = least(v_now + make_interval(secs => v_delay),
+                                    coalesce(r.debounce_until, 'infinity'))
+         where r.queue_name = v_queue and r.debounce_key = p_options ->> 'debounce_key'
+           and r.status = 'pending'
+        returning r.id into v_existing.id;
+        if found then
+            return v_existing.id;
+        end if;
+        raise exception 'the run collecting debounce_key % started while this start ran', quote_literal(p_options ->> 'debounce_key')
+            using errcode = '40001',
+                  hint = 'retry the start: it now opens a new window';
     end if;
 
     -- the unfinished run holding the dedup key (if it finished meanwhile, no run is returned
@@ -844,7 +902,9 @@ as $$
                lease_expires_at = p_now + make_interval(secs => p_lease),
                heartbeat_at = now(),
                started_at = coalesce(r.started_at, p_now), updated_at = p_now,
-               note = case when r.note like 'no worker has registered%' then null else r.note end
+               note = case when r.note like 'no worker has registered%' then null else r.note end,
+               -- started: later starts of its debounce key open a new window
+               debounce_key = null
          where r.id = any(p_ids)
         returning r.*
     )

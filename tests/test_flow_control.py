@@ -305,3 +305,45 @@ def test_the_queues_command_configures_lists_pauses_drains_and_resets(dsn: str) 
     assert bad.exit_code == 2 and "is not a rate: use COUNT/DURATION" in bad.output
     missing = CliRunner().invoke(cli, ["queues", "resume", "nope", "--dsn", dsn])
     assert missing.exit_code == 1 and "has no settings" in missing.output
+
+
+def test_debounced_starts_collapse_into_one_run_with_the_latest_arguments(
+    app: pgdurable.App,
+) -> None:
+    seen: list[str] = []
+
+    @app.workflow(name="fc.reindex")
+    def reindex(doc: str) -> str:
+        seen.append(doc)
+        return doc
+
+    def start(doc: str) -> pgdurable.RunHandle[str]:
+        opts = {"debounce": timedelta(seconds=30), "debounce_key": "doc-index"}
+        return reindex.options(debounce_max_wait=timedelta(minutes=2), **opts).start(doc)
+
+    handles = [start(f"v{i}") for i in range(5)]
+    assert len({h.run_id for h in handles}) == 1, "five starts, one run"
+    due = scalar(app.dsn, "select available_at - pgdurable.now() from pgdurable.runs")
+    assert timedelta(seconds=29) < due <= timedelta(seconds=30)
+    # every start moves the run's start back, but never past the first start + max wait
+    for _ in range(6):
+        shift_clock(app.dsn, "25 seconds")
+        assert start("v-late").run_id == handles[0].run_id
+    capped = scalar(
+        app.dsn,
+        "select available_at = debounce_until and debounce_until is not null from pgdurable.runs",
+    )
+    assert capped, "the window is capped by debounce_max_wait"
+    # past debounce_until now (150 s after the first start), the run is due
+    with running_worker(app, poll_interval=0.05):
+        assert handles[0].result(timeout=10) == "v-late"
+        after = start("v-next")
+        assert after.run_id != handles[0].run_id, "a started run collects no more starts"
+    assert seen == ["v-late"]
+    with pytest.raises(ValueError, match="debounce and debounce_key go together"):
+        reindex.options(debounce=5)
+    with pytest.raises(ValueError, match="takes no workflow_id"):
+        reindex.options(debounce=5, debounce_key="k", workflow_id="w-1")
+    with app.connect() as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("select pgdurable.start_run('fc.reindex', '{}', '{\"debounce\": 5}')")
+    assert info.value.sqlstate == "PD004"

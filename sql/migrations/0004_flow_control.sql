@@ -4,7 +4,8 @@
 -- options concurrency_key and dedup_key, and the schedule functions (upsert_schedule,
 -- due_schedules, fire_schedule, trigger_schedule, pause/resume/delete_schedule).
 --
--- runs.concurrency_key, runs.dedup_key: new, null for every existing run (no limits change).
+-- runs.concurrency_key, dedup_key, debounce_key, debounce_until: new, null for every existing
+-- run (no limits change).
 -- queues, queue_keys: new and empty: every existing queue stays unlimited.
 -- schedules: new and empty.
 -- The three indexes are partial and start small (running runs; pending runs with a key;
@@ -12,6 +13,8 @@
 
 alter table pgdurable.runs add column if not exists concurrency_key text;
 alter table pgdurable.runs add column if not exists dedup_key text;
+alter table pgdurable.runs add column if not exists debounce_key text;
+alter table pgdurable.runs add column if not exists debounce_until timestamptz;
 
 create index if not exists runs_running_idx
     on pgdurable.runs (queue_name, concurrency_key)
@@ -19,6 +22,9 @@ create index if not exists runs_running_idx
 create index if not exists runs_pending_key_idx
     on pgdurable.runs (queue_name, concurrency_key, created_at)
     where status = 'pending' and concurrency_key is not null;
+create unique index if not exists runs_debounce_idx
+    on pgdurable.runs (queue_name, debounce_key)
+    where debounce_key is not null and status = 'pending';
 create unique index if not exists runs_dedup_idx
     on pgdurable.runs (queue_name, dedup_key)
     where dedup_key is not null and status in ('pending', 'running', 'sleeping', 'waiting');

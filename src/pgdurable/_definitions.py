@@ -156,13 +156,19 @@ class Workflow(Generic[P, R]):
         max_recoveries: int | None = None,
         concurrency_key: str | None = None,
         dedup_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        debounce_key: str | None = None,
+        debounce_max_wait: float | timedelta | None = None,
         conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> WorkflowCall[P, R]:
         """Start options for one call: ``wf.options(workflow_id="o-1").start(...)``. A
         ``conn`` starts the run in its transaction: a Connection for ``start()``, an
         AsyncConnection for ``start_async()``. ``concurrency_key``: the key the queue's per-key
         limits apply to (one run per key at a time unless configured); ``dedup_key``: while an
-        unfinished run of the queue has this key, a start returns it instead of a new run."""
+        unfinished run of the queue has this key, a start returns it instead of a new run.
+        ``debounce`` with ``debounce_key``: starts of the key within the window collapse into one
+        run that starts once the window has passed with no new start, with the latest
+        arguments, at the latest ``debounce_max_wait`` after the first."""
         opts = StartOptions(
             workflow_id=workflow_id,
             queue=queue,
@@ -173,6 +179,9 @@ class Workflow(Generic[P, R]):
             max_recoveries=max_recoveries,
             concurrency_key=concurrency_key,
             dedup_key=dedup_key,
+            debounce=debounce,
+            debounce_key=debounce_key,
+            debounce_max_wait=debounce_max_wait,
         )
         return WorkflowCall(self, opts, conn)
 

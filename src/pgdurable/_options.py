@@ -14,6 +14,9 @@ class StartOptions:
 
     __slots__ = (
         "concurrency_key",
+        "debounce",
+        "debounce_key",
+        "debounce_max_wait",
         "dedup_key",
         "delay",
         "max_recoveries",
@@ -39,6 +42,9 @@ class StartOptions:
         parent_id: str | None = None,
         concurrency_key: str | None = None,
         dedup_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        debounce_key: str | None = None,
+        debounce_max_wait: float | timedelta | None = None,
     ) -> None:
         if on_conflict not in (None, "return", "raise"):
             raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
@@ -64,6 +70,23 @@ class StartOptions:
             check_text("dedup_key", dedup_key)
         self.concurrency_key = concurrency_key
         self.dedup_key = dedup_key
+        self.debounce = seconds(debounce, "debounce", exclusive_minimum=True)
+        self.debounce_max_wait = seconds(debounce_max_wait, "debounce_max_wait")
+        if debounce_key is not None:
+            check_text("debounce_key", debounce_key)
+        self.debounce_key = debounce_key
+        if (self.debounce is None) != (debounce_key is None):
+            raise ValueError(
+                "debounce and debounce_key go together: starts with the same key within "
+                "`debounce` collapse into one run"
+            )
+        if self.debounce_max_wait is not None and self.debounce is None:
+            raise ValueError("debounce_max_wait needs debounce and debounce_key")
+        if self.debounce is not None and (workflow_id is not None or delay is not None):
+            raise ValueError(
+                "debounce collapses starts into one run: it takes no workflow_id (each start "
+                "would name another run) and no delay (the window is the delay)"
+            )
         self.workflow_id = workflow_id
         self.queue = queue
         self.priority = priority
@@ -97,6 +120,9 @@ class StartOptions:
             "parent_id",
             "concurrency_key",
             "dedup_key",
+            "debounce",
+            "debounce_key",
+            "debounce_max_wait",
         ):
             value = getattr(self, key)
             if value is not None:
