@@ -363,3 +363,11 @@ select pgdurable.resume_schedule(%s);
 -- name: cli_delete_schedule
 -- `pgdurable schedules delete`.
 select pgdurable.delete_schedule(%s);
+
+-- name: purge_expired
+-- A worker's retention round: delete a batch of finished runs past their retention.
+select pgdurable.purge_expired(%s);
+
+-- name: set_retention
+-- Write a retention rule the App declares (each worker at start).
+select pgdurable.set_retention(%s, %s, %s);

@@ -31,7 +31,8 @@ declare
                                    'recv_message', 'wait_run', 'record_compensation', 'tick',
                                    'tick_due', 'register_worker', 'unregister_worker',
                                    'write_stream', 'close_stream', 'configure_queue',
-                                   'upsert_schedule', 'due_schedules', 'fire_schedule'];
+                                   'upsert_schedule', 'due_schedules', 'fire_schedule',
+                                   'purge_expired', 'set_retention'];
     v_admin_calls text[] := array['gc_runs', 'shift_clock', 'resume_run', 'retry_run',
                                   'fork_run', 'pause_queue', 'resume_queue', 'reset_queue',
                                   'trigger_schedule', 'pause_schedule', 'resume_schedule',
@@ -40,7 +41,7 @@ declare
     v_client_reads text[] := array['runs', 'checkpoints', 'timers', 'events', 'streams',
                                    'workflows', 'workers', 'settings', 'schema_version',
                                    'run_overview', 'unserved_runs', 'queues', 'queue_overview',
-                                   'schedules'];
+                                   'schedules', 'retention'];
     v_admin_reads text[] := array['messages', 'clock', 'queue_keys'];
     v_roles text[] := array['pgdurable_client', 'pgdurable_worker', 'pgdurable_admin'];
     v_may_create boolean;

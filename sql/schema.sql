@@ -59,6 +59,9 @@ create table if not exists pgdurable.settings (
     max_value_bytes   integer not null default 33554432,
     max_json_depth    integer not null default 100,
     max_int_digits    integer not null default 1000,
+    -- finished runs are deleted this long after they finished (null: kept forever), unless a
+    -- rule in pgdurable.retention says otherwise for their workflow or queue
+    retention         interval default '30 days',
     constraint settings_limits_check check (max_value_bytes between 1024 and 1073741823
         and max_json_depth between 32 and 10000 and max_int_digits between 600 and 4300)
 );
@@ -294,6 +297,17 @@ create table if not exists pgdurable.schedules (
     constraint schedules_overlap_check check (overlap in ('allow', 'skip', 'queue'))
 );
 create index if not exists schedules_due_idx on pgdurable.schedules (next_fire_at) where not paused;
+
+-- Retention per workflow or queue: overrides settings.retention (keep null: forever).
+create table if not exists pgdurable.retention (
+    kind        text not null,
+    name        text not null,
+    keep        interval,
+    updated_at  timestamptz not null,
+    constraint retention_pkey primary key (kind, name),
+    constraint retention_kind_check check (kind in ('workflow', 'queue')),
+    constraint retention_keep_check check (keep is null or keep >= interval '0')
+);
 
 -- Engine time. Every function below reads the clock through this, so tests can shift it.
 -- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
@@ -1848,17 +1862,91 @@ begin
     if p_dry_run then
         return cardinality(v_ids);
     end if;
-    delete from pgdurable.checkpoints where run_id = any(v_ids);
-    delete from pgdurable.messages where run_id = any(v_ids);
-    delete from pgdurable.streams where run_id = any(v_ids);
-    delete from pgdurable.timers where run_id = any(v_ids);
-    delete from pgdurable.runs where id = any(v_ids);
+    perform pgdurable._delete_runs(v_ids);
     -- per-key rate windows with no claim left in them
     delete from pgdurable.queue_keys k using pgdurable.queues q
      where q.name = k.queue_name
        and (q.key_rate_period is null
             or not exists (select from unnest(k.recent) t where t > pgdurable.now() - q.key_rate_period));
     return cardinality(v_ids);
+end $$;
+
+-- Internal: deletes the runs p_ids (finished, locked by the caller) with their history.
+create or replace function pgdurable._delete_runs(p_ids uuid[]) returns void
+language sql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+    delete from pgdurable.checkpoints where run_id = any(p_ids);
+    delete from pgdurable.messages where run_id = any(p_ids);
+    delete from pgdurable.streams where run_id = any(p_ids);
+    delete from pgdurable.timers where run_id = any(p_ids);
+    delete from pgdurable.runs where id = any(p_ids);
+$$;
+
+-- Called by workers about once a minute (and by operators): deletes up to p_limit finished runs
+-- older than their retention (the workflow's rule, else the queue's, else settings.retention;
+-- null keeps forever), oldest first, never a child whose parent is unfinished, never a run
+-- another session holds (SKIP LOCKED). One caller at a time (an advisory lock); the others
+-- return 0 at once. Returns how many it deleted: p_limit means there may be more.
+create or replace function pgdurable.purge_expired(p_limit integer default 1000) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_default interval;
+    v_ids uuid[];
+begin
+    if p_limit is null or p_limit < 1 then
+        raise exception 'purge_expired needs p_limit >= 1' using errcode = 'PD004';
+    end if;
+    if not pg_try_advisory_xact_lock(hashtext('pgdurable.purge_expired')) then
+        return 0;
+    end if;
+    select s.retention into v_default from pgdurable.settings s where s.id;
+    select array_agg(x.id) into v_ids from (
+        select r.id from pgdurable.runs r
+          left join pgdurable.retention w on w.kind = 'workflow' and w.name = r.workflow_name
+          left join pgdurable.retention q on q.kind = 'queue' and q.name = r.queue_name
+         where r.finished_at is not null
+           and r.status in ('completed', 'failed', 'cancelled')
+           and r.finished_at < v_now - case when w.name is not null then w.keep
+                                            when q.name is not null then q.keep
+                                            else v_default end
+           and not exists (select from pgdurable.runs p
+                            where p.id = r.parent_id and p.finished_at is null)
+         order by r.finished_at
+         limit p_limit
+           for update of r skip locked) x;
+    if v_ids is null then
+        return 0;
+    end if;
+    perform pgdurable._delete_runs(v_ids);
+    return cardinality(v_ids);
+end $$;
+
+-- Called by operators and workers (app.retention(...)): finished runs of workflow or queue
+-- p_name (p_kind 'workflow' or 'queue'; 'default' for every other run, p_name ignored) are
+-- kept p_keep after they finish (null: forever).
+create or replace function pgdurable.set_retention(p_kind text, p_name text, p_keep interval)
+returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if p_keep < interval '0' or p_kind is null or p_kind not in ('workflow', 'queue', 'default')
+       or p_kind <> 'default' and (p_name is null or p_name = '' or length(p_name) > 200) then
+        raise exception 'invalid retention: % % %', p_kind, p_name, p_keep
+            using errcode = 'PD004',
+                  hint = 'kind workflow, queue or default; a name for workflow and queue; keep a non-negative interval, or null for forever';
+    end if;
+    if p_kind = 'default' then
+        update pgdurable.settings set retention = p_keep where id;
+    else
+        insert into pgdurable.retention (kind, name, keep, updated_at)
+        values (p_kind, p_name, p_keep, pgdurable.now())
+        on conflict (kind, name) do update set keep = excluded.keep, updated_at = excluded.updated_at;
+    end if;
 end $$;
 
 -- Called from anywhere (web handlers, psql, other services; a workflow through the SDK, which

@@ -75,6 +75,8 @@ WORKER_CALLS = CLIENT_CALLS | {
     "upsert_schedule",
     "due_schedules",
     "fire_schedule",
+    "purge_expired",
+    "set_retention",
 }
 ADMIN_CALLS = WORKER_CALLS | {
     "gc_runs",
@@ -107,6 +109,7 @@ CLIENT_READS = {
     "queues",
     "queue_overview",
     "schedules",
+    "retention",
 }
 READS = {"pgdurable_client": CLIENT_READS, "pgdurable_worker": CLIENT_READS}
 READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock", "queue_keys"}

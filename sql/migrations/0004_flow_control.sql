@@ -7,7 +7,9 @@
 -- runs.concurrency_key, dedup_key, debounce_key, debounce_until: new, null for every existing
 -- run (no limits change).
 -- queues, queue_keys: new and empty: every existing queue stays unlimited.
--- schedules: new and empty.
+-- schedules, retention: new and empty.
+-- settings.retention: new, '30 days': retention is on by default from this version on (set it
+-- to null to keep finished runs forever, as before).
 -- The three indexes are partial and start small (running runs; pending runs with a key;
 -- unfinished runs with a dedup key).
 
@@ -84,3 +86,15 @@ create table if not exists pgdurable.schedules (
     constraint schedules_overlap_check check (overlap in ('allow', 'skip', 'queue'))
 );
 create index if not exists schedules_due_idx on pgdurable.schedules (next_fire_at) where not paused;
+
+alter table pgdurable.settings add column if not exists retention interval default '30 days';
+
+create table if not exists pgdurable.retention (
+    kind        text not null,
+    name        text not null,
+    keep        interval,
+    updated_at  timestamptz not null,
+    constraint retention_pkey primary key (kind, name),
+    constraint retention_kind_check check (kind in ('workflow', 'queue')),
+    constraint retention_keep_check check (keep is null or keep >= interval '0')
+);

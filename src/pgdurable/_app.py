@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -15,6 +16,7 @@ from . import _codec, _context
 from ._async_queries import async_conn, sync_conn
 from ._db import call_sql
 from ._definitions import Step, Transaction, Workflow
+from ._durations import seconds
 from ._handle import RunHandle, refuse_in_workflow
 from ._names import check_name
 from ._options import StartOptions
@@ -181,6 +183,29 @@ class App(Runtime):
         _codec.encode_input(tuple(spec.args), dict(spec.kwargs or {}), self.limits)
         self.schedules[spec.name] = spec
         return spec
+
+    def retention(
+        self,
+        keep: timedelta | None,
+        *,
+        workflow: Workflow[Any, Any] | str | None = None,
+        queue: str | None = None,
+    ) -> None:
+        """Keep finished runs ``keep`` after they finish (None: forever); of one ``workflow`` or
+        ``queue``, or, with neither, every run without a rule of its own (default 30 days).
+        Workers delete expired runs in small batches about once a minute; each worker of this
+        App writes the rule to the database when it starts."""
+        if workflow is not None and queue is not None:
+            raise ValueError("a retention rule is for a workflow or a queue, not both")
+        if keep is not None:
+            seconds(keep, "retention keep", allow_none=False)
+        if workflow is not None:
+            name = workflow if isinstance(workflow, str) else workflow.name
+            self.retention_rules[("workflow", check_name("workflow", name))] = keep
+        elif queue is not None:
+            self.retention_rules[("queue", check_name("queue", queue))] = keep
+        else:
+            self.retention_rules[("default", "")] = keep
 
     def configure_schedules(self) -> None:
         """Write the schedules declared with ``schedule()`` to the database (workers do it when

@@ -117,6 +117,8 @@ class Runtime:
         self.queues: dict[str, Any] = {}
         # schedules declared with App.schedule() / @app.workflow(schedule=...): {name: spec}
         self.schedules: dict[str, Any] = {}
+        # retention declared with App.retention(): {(kind, name): keep or None for forever}
+        self.retention_rules: dict[tuple[str, str], Any] = {}
         self.leases = Leases(self)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -18,10 +19,16 @@ from ._async_lane import AsyncLane
 from ._db import call_sql, describe, is_connection_error
 from ._durations import seconds
 from ._executor import execute
+from ._housekeeping import (
+    PURGE_EVERY,
+    SCHEDULE_EVERY,
+    apply_declarations,
+    fire_schedules,
+    purge,
+)
 from ._leases import Held
 from ._names import check_name
 from ._queries import Q
-from ._schedule_firing import fire_due
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -43,8 +50,6 @@ RUN_CHECKOUT_TIMEOUT = 10.0
 # How often a worker tells the registry it is alive (pgdurable.workers.last_seen_at); the
 # unserved_runs view counts a worker as live for a minute after that.
 REGISTER_EVERY = 10.0
-# How often each worker's listener looks for due schedules (any one of them fires a tick).
-SCHEDULE_EVERY = 1.0
 
 
 def _count(name: str, value: object, maximum: int) -> int:
@@ -176,7 +181,7 @@ class Worker:
                 extra={"queues": self.queues, "unserved": unserved},
             )
         self.app.ensure_pool_size(self.concurrency + 1)
-        self._configure_queues()
+        apply_declarations(self.app)
         self._register()
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
         listener.start()
@@ -213,18 +218,6 @@ class Worker:
                     call_sql(c, "register_worker", self._registration())
         except psycopg.Error as exc:
             log.warning("could not register worker %s: %s", self.app.worker_id, describe(exc))
-
-    def _configure_queues(self) -> None:
-        """The flow control and schedules the App declares (app.queue(...), app.schedule(...)):
-        in the database before the first claim, so this worker's claims already honour them."""
-        limits = list(getattr(self.app, "queues", {}).values())
-        schedules = list(getattr(self.app, "schedules", {}).values())
-        if limits or schedules:
-            with self.app.pool.connection() as conn:
-                for queue in limits:
-                    call_sql(conn, "configure_queue", queue.params())
-                for spec in schedules:
-                    call_sql(conn, "upsert_schedule", spec.params(self.app.limits))
 
     def _unregister(self) -> None:
         # A connection of its own: the pool may be reconnecting after a restart, and a
@@ -332,6 +325,7 @@ class Worker:
                     backoff = 0.5
                     self._ring()  # anything sent while we were not listening
                     registered = ticked = fired = time.monotonic()
+                    purge_at = registered + PURGE_EVERY * random.random()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=min(1.0, self.poll_interval)):
                             log.debug("notified: %s", note.payload)
@@ -345,21 +339,12 @@ class Worker:
                             call_sql(conn, "tick_due")
                             ticked = now
                         if now - fired >= SCHEDULE_EVERY:
-                            _fire_schedules(conn)
+                            fire_schedules(conn)
                             fired = now
+                        if now >= purge_at:
+                            purge_at = now + purge(conn)
             except psycopg.Error as exc:
                 if backoff == 0.5:
                     log.info("listener disconnected (%s); polling until it reconnects", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-
-
-def _fire_schedules(conn: psycopg.Connection[Any]) -> None:
-    """Fire due schedules; a database error reaches the listener (which reconnects), anything
-    else is logged: a schedule must not stop the listener."""
-    try:
-        fire_due(conn)
-    except psycopg.Error:
-        raise
-    except Exception as exc:
-        log.error("firing schedules failed: %r", exc)
