@@ -1,4 +1,5 @@
-"""The pattern examples (approval, saga, fan-out, LLM stream, FastAPI) run as subprocesses;
+"""The pattern examples (approval, saga, fan-out, LLM stream, FastAPI, rate-limited emails,
+nightly report) run as subprocesses;
 their output is asserted.
 
 Each example is self-contained: App() from $PGDURABLE_DSN, init_schema(), a worker thread, and
@@ -66,6 +67,26 @@ EXPECTED: dict[str, list[str]] = {
         "the client got every token exactly once: True",
         "status stream: queued, generating, done",  # written before a replay, yet once
         "in SQL: answer 25 values, closed; status 3 values, closed",
+    ],
+    "rate_limited_emails.py": [
+        "database: the database in $PGDURABLE_DSN",
+        "queued: 12 emails for 3 customers",
+        "sent: 12",
+        "most in flight at once: 2 (limit 2)",
+        "most started in any second: 4 (limit 4)",
+        "each customer's emails in queue order: True",
+        "pgdurable.queue_overview: concurrency 2, rate 4 per 1 s, per key 1, fifo True, "
+        "paused False",
+    ],
+    "nightly_report.py": [
+        "database: the database in $PGDURABLE_DSN",
+        "schedule: 02:00 Europe/Berlin every night",
+        "next run within a day: True",
+        "run now: started",
+        "result: mailed: 3 orders, 120.50 EUR",
+        "its workflow id: schedule:<name>:now:... True",
+        "next run unchanged: True",
+        "schedule deleted (its runs stay)",
     ],
     "fastapi_app.py": [
         "database: the database in $PGDURABLE_DSN",
