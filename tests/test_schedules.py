@@ -138,6 +138,7 @@ def test_bad_declarations_are_refused_and_register_nothing(app: pgdurable.App) -
     ):
         with pytest.raises((ValueError, TypeError), match=message):
             app.schedule(target, **kwargs)
+
     def bad() -> None:
         return None
 
