@@ -133,6 +133,9 @@ create index if not exists runs_deadline_idx
 create index if not exists runs_finished_idx
     on pgdurable.runs (finished_at)
     where finished_at is not null;
+-- The runs page of the dashboard and `pgdurable runs`: newest first, keyset-paginated.
+create index if not exists runs_created_idx
+    on pgdurable.runs (created_at, id);
 -- What a limited queue's claim counts: its running runs, per concurrency key.
 create index if not exists runs_running_idx
     on pgdurable.runs (queue_name, concurrency_key)

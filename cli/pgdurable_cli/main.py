@@ -33,6 +33,7 @@ from ._support import (
     session,
     warn_loudly,
 )
+from .dashboard_cmd import dashboard
 from .queues_cmd import queues
 from .schedules_cmd import schedules
 
@@ -470,6 +471,7 @@ def _runs(count: int) -> str:
     return f"{count} run{'s' if count != 1 else ''}"
 
 
+cli.add_command(dashboard)
 cli.add_command(queues)
 cli.add_command(schedules)
 

@@ -18,6 +18,9 @@ alter table pgdurable.runs add column if not exists dedup_key text;
 alter table pgdurable.runs add column if not exists debounce_key text;
 alter table pgdurable.runs add column if not exists debounce_until timestamptz;
 
+-- the dashboard's runs page pages by (created_at, id): built once here, on every run
+create index if not exists runs_created_idx
+    on pgdurable.runs (created_at, id);
 create index if not exists runs_running_idx
     on pgdurable.runs (queue_name, concurrency_key)
     where status = 'running';

@@ -1,0 +1,101 @@
+"""How the pages show values: times in UTC, ages and durations for people, stored JSON decoded
+within limits (or shown raw). Pure; Jinja2 escapes whatever these return."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .._decoding import loads
+from .._errors import SerializationError
+
+STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+ACTIVE = frozenset(STATUSES[:4])
+FINISHED = frozenset(STATUSES[4:])
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp as people read it in a log: UTC, to the second."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def duration(seconds: float | timedelta | None) -> str:
+    """12 ms, 3.2 s, 4 min 3 s, 2 h 5 min, 3 d 4 h."""
+    if seconds is None:
+        return "-"
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    if s < 1:
+        return f"{sign}{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{sign}{s:.1f} s"
+    whole = int(s)
+    for unit, size, sub, subsize in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "min", 60),
+        ("min", 60, "s", 1),
+    ):
+        if whole >= size:
+            big, rest = divmod(whole, size)
+            small = rest // subsize
+            return f"{sign}{big} {unit}" + (f" {small} {sub}" if small else "")
+    return f"{sign}{whole} s"  # pragma: no cover - every case returned above
+
+
+def ago(value: datetime | None, now: datetime) -> str:
+    """How long ago (or in how long) ``value`` is from engine time ``now``."""
+    if value is None:
+        return "-"
+    delta = (now - value).total_seconds()
+    if abs(delta) < 1:
+        return "now"
+    return f"{duration(delta)} ago" if delta > 0 else f"in {duration(-delta)}"
+
+
+def since(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+def pretty_json(text: str | None, total_chars: int | None = None) -> str:
+    """Stored JSON text, indented when it decodes within the default limits; otherwise (too
+    large, too deep, cut to the display size) the raw text with a note. Never raises."""
+    if text is None:
+        return "null"
+    if total_chars is not None and total_chars > len(text):
+        return f"{text}\n... cut: {len(text):,} of {total_chars:,} characters shown"
+    try:
+        value: Any = loads(text, "value")
+    except SerializationError as exc:
+        return f"{text}\n({exc})"
+    try:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return text
+
+
+def short(text: str | None, size: int = 120) -> str:
+    """One line of at most ``size`` characters."""
+    if not text:
+        return ""
+    line = " ".join(str(text).split())
+    return line if len(line) <= size else line[: size - 1] + "\u2026"
+
+
+FILTERS = {
+    "when": when,
+    "iso": iso,
+    "duration": duration,
+    "pretty_json": pretty_json,
+    "short": short,
+}
