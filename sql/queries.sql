@@ -309,10 +309,10 @@ select queue_name, concurrency, key_concurrency, key_fifo, rate_count, rate_peri
  order by queue_name;
 
 -- name: cli_queue_settings
--- `pgdurable queues configure`: the current settings, locked until the new ones are written.
+-- `pgdurable queues configure`: the current settings, which the options given replace.
 select concurrency, key_concurrency, key_fifo, rate_count, rate_period, key_rate_count,
        key_rate_period
-  from pgdurable.queues where name = %s for update;
+  from pgdurable.queues where name = %s;
 
 -- name: cli_pause_queue
 -- `pgdurable queues pause` / `drain`: pause, and how many of its runs still run.

@@ -1,4 +1,4 @@
--- pgdurable schema, version 3. Durable execution on PostgreSQL alone.
+-- pgdurable schema, version 4. Durable execution on PostgreSQL alone.
 --
 -- Tables (schema pgdurable):
 --   runs            one row per workflow run: identity, input/output/error, status, lease, timing
@@ -9,7 +9,12 @@
 --   streams         values a run appends under a key, read live from any offset, then closed
 --   workflows       the registry: each workflow name workers serve, with its default queue
 --   workers         live workers: their queues and workflows, last seen (registry heartbeat)
---   settings        one row: limits on JSON written through SQL, the clock-shift switch
+--   queues          flow control per queue: concurrency, per-key limits, rate windows, pause
+--   queue_keys      the rate window of each concurrency key of a queue with a per-key rate
+--   schedules       cron workflows: cron, time zone, input, policies, next and last tick
+--   retention       how long finished runs of a workflow or queue are kept
+--   settings        one row: limits on JSON written through SQL, the clock-shift switch, the
+--                   default retention
 --   clock           one row: the offset added to now() (tests shift time instead of sleeping)
 --   schema_version  the versions applied by `pgdurable init`
 --
@@ -25,6 +30,9 @@
 --   heartbeat       extends every lease of a worker in one statement.
 --   write_stream / close_stream (fenced) append to a run's streams; read_stream reads them.
 --   cancel_run, resume_run, retry_run, fork_run, gc_runs operate on it from anywhere.
+--   A configured queue's claims lock its row and count before taking (_limited_claim);
+--   workers fire schedules (due_schedules, fire_schedule) and purge expired runs
+--   (purge_expired) from their listener thread.
 -- Every worker write is fenced: it locks the run row FOR SHARE (a stream write: FOR KEY SHARE)
 -- and checks (id, attempt, status 'running'); a worker whose lease was taken over gets SQLSTATE
 -- PD002 and rolls back.
@@ -144,9 +152,9 @@ create index if not exists runs_running_idx
 create index if not exists runs_pending_key_idx
     on pgdurable.runs (queue_name, concurrency_key, created_at)
     where status = 'pending' and concurrency_key is not null;
--- One collecting run per (queue, debounce_key); its first claim clears the key.
+-- One collecting run per (queue, workflow, debounce_key); its first claim clears the key.
 create unique index if not exists runs_debounce_idx
-    on pgdurable.runs (queue_name, debounce_key)
+    on pgdurable.runs (queue_name, workflow_name, debounce_key)
     where debounce_key is not null and status = 'pending';
 -- One unfinished run per (queue, dedup_key): a second start returns it.
 create unique index if not exists runs_dedup_idx
@@ -656,8 +664,8 @@ begin
            set input = p_input, updated_at = v_now,
                available_at = least(v_now + make_interval(secs => v_delay),
                                     coalesce(r.debounce_until, 'infinity'))
-         where r.queue_name = v_queue and r.debounce_key = p_options ->> 'debounce_key'
-           and r.status = 'pending'
+         where r.queue_name = v_queue and r.workflow_name = p_workflow_name
+           and r.debounce_key = p_options ->> 'debounce_key' and r.status = 'pending'
         returning r.id into v_existing.id;
         if found then
             return v_existing.id;
@@ -691,8 +699,8 @@ begin
            set input = p_input, updated_at = v_now,
                available_at = least(v_now + make_interval(secs => v_delay),
                                     coalesce(r.debounce_until, 'infinity'))
-         where r.queue_name = v_queue and r.debounce_key = p_options ->> 'debounce_key'
-           and r.status = 'pending'
+         where r.queue_name = v_queue and r.workflow_name = p_workflow_name
+           and r.debounce_key = p_options ->> 'debounce_key' and r.status = 'pending'
         returning r.id into v_existing.id;
         if found then
             return v_existing.id;
@@ -1921,6 +1929,11 @@ begin
          order by r.finished_at
          limit p_limit
            for update of r skip locked) x;
+    -- per-key rate windows with no claim left in them
+    delete from pgdurable.queue_keys k using pgdurable.queues q
+     where q.name = k.queue_name
+       and (q.key_rate_period is null
+            or not exists (select from unnest(k.recent) t where t > v_now - q.key_rate_period));
     if v_ids is null then
         return 0;
     end if;

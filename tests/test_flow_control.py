@@ -34,14 +34,30 @@ def spawn(run_subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]
         yield start
 
 
+# A zombie: an execution still running after its run was taken over (its lease lapsed while
+# its worker was alive but stalled, e.g. on an overloaded host). It holds no lease, so the
+# engine does not count it, and it cannot checkpoint; the limits bound leased attempts.
+_LEASED = (
+    "select * from fc_log l where not exists (select from fc_log later where later.run_id = "
+    "l.run_id and later.attempt > l.attempt and later.started < coalesce(l.ended, 'infinity'))"
+)
+
+
+def zombies(dsn: str) -> int:
+    return int(
+        scalar(dsn, f"select count(*) from fc_log where id not in (select id from ({_LEASED}) z)")
+    )
+
+
 def max_overlap(dsn: str, queue: str, per_key: bool = False) -> int:
-    """The most step executions of ``queue`` (of one key) in flight at one instant."""
+    """The most step executions of ``queue`` (of one key) holding their lease at one instant."""
     same_key = "and b.key is not distinct from a.key" if per_key else ""
     return int(
         scalar(
             dsn,
-            "select coalesce(max(n), 0) from (select a.id, count(*) as n from fc_log a "
-            "join fc_log b on b.queue = a.queue and b.started <= a.started "
+            f"with l as ({_LEASED}) "
+            "select coalesce(max(n), 0) from (select a.id, count(*) as n from l a "
+            "join l b on b.queue = a.queue and b.started <= a.started "
             f"and coalesce(b.ended, 'infinity') > a.started {same_key} "
             "where a.queue = %s group by a.id) x",
             (queue,),
@@ -104,7 +120,7 @@ def test_limits_hold_across_four_worker_processes_through_kills_and_lease_expiry
 
     assert killed, "the victim was inside a step when it was killed"
     assert scalar(dsn, "select count(*) from pgdurable.runs where recoveries > 0") >= len(killed)
-    assert max_overlap(dsn, flow_app.LIMITED) == flow_app.CONCURRENCY
+    assert max_overlap(dsn, flow_app.LIMITED) == flow_app.CONCURRENCY, f"zombies: {zombies(dsn)}"
     assert max_overlap(dsn, flow_app.KEYED, per_key=True) == flow_app.KEY_CONCURRENCY
     assert max_overlap(dsn, flow_app.KEYED) > flow_app.KEY_CONCURRENCY, "keys ran side by side"
     assert max_claims_per_window(dsn, flow_app.RATED, timedelta(seconds=1)) == flow_app.RATE.count
@@ -347,3 +363,27 @@ def test_debounced_starts_collapse_into_one_run_with_the_latest_arguments(
     with app.connect() as conn, pytest.raises(psycopg.Error) as info:
         conn.execute("select pgdurable.start_run('fc.reindex', '{}', '{\"debounce\": 5}')")
     assert info.value.sqlstate == "PD004"
+
+
+def test_a_dedup_hit_gives_the_handle_of_the_run_it_found(app: pgdurable.App) -> None:
+    @app.workflow(name="fc.first")
+    def first() -> None:
+        return None
+
+    @app.workflow(name="fc.second")
+    def second() -> None:
+        return None
+
+    original = first.options(workflow_id="order-9", dedup_key="customer-9").start()
+    found = second.options(dedup_key="customer-9").start()
+    assert (found.run_id, found.workflow_id, found.workflow_name) == (
+        original.run_id,
+        "order-9",
+        "fc.first",
+    )
+    # debounce is per workflow: another workflow's starts never change this one's arguments
+    a = first.options(debounce=60, debounce_key="k").start()
+    b = second.options(debounce=60, debounce_key="k").start()
+    assert a.run_id != b.run_id
+    with pytest.raises(ValueError, match="invalid queue name 'a<b'"):
+        app.queue("a<b")

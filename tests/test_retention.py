@@ -111,7 +111,8 @@ def test_one_worker_purges_at_a_time(app: pgdurable.App) -> None:
         # the first still holds the purge lock in its transaction: the second returns at once
         assert second.execute("select pgdurable.purge_expired(10)").fetchone() == (0,)
         held = second.execute(
-            "select count(*) from pg_locks where locktype = 'advisory' and granted"
+            "select count(*) from pg_locks where locktype = 'advisory' and granted "
+            "and database = (select oid from pg_database where datname = current_database())"
         ).fetchone()
         assert held == (1,)
         first.rollback()
@@ -138,3 +139,16 @@ def test_workers_purge_expired_runs_on_their_own(
             "the worker to purge",
             lambda: scalar(app.dsn, "select count(*) from pgdurable.runs") == 0,
         )
+
+
+def test_retention_takes_seconds_and_a_schedule_name_once(app: pgdurable.App) -> None:
+    app.retention(3600)
+    assert app.retention_rules[("default", "")] == timedelta(hours=1)
+
+    @app.workflow(name="ret.nightly", schedule="0 3 * * *")
+    def nightly() -> None:
+        return None
+
+    with pytest.raises(ValueError, match=r"a schedule named 'ret\.nightly' is already declared"):
+        app.schedule(nightly, cron="0 4 * * *")
+    assert app.schedule(nightly, cron="0 4 * * *", name="ret.early").name == "ret.early"

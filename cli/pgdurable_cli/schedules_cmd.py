@@ -66,7 +66,11 @@ def schedules(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("workflow")
 @dsn_option
-@click.option("--cron", required=True, help="5 fields (minute hour day month weekday).")
+@click.option(
+    "--cron",
+    required=True,
+    help="5 fields (minute hour day month weekday), or 6 with seconds first (Python 3.11+).",
+)
 @click.option("--tz", default="UTC", show_default=True, help="IANA time zone of the cron.")
 @click.option("--args", "args_json", default="[]", help="JSON array of positional arguments.")
 @click.option("--kwargs", "kwargs_json", default="{}", help="JSON object of keyword arguments.")
@@ -105,10 +109,7 @@ def add(
     click.echo(f"schedule {name}: {workflow} at '{cron}' ({tz})")
 
 
-def _named(verb: str, query: str, done: str) -> Any:
-    @schedules.command(name=verb)
-    @click.argument("name")
-    @dsn_option
+def _named(verb: str, query: str, done: str, help_text: str) -> Any:
     def command(name: str, dsn: str | None) -> None:
         with session(dsn) as conn:
             found = call(conn, query, (name,))
@@ -118,13 +119,26 @@ def _named(verb: str, query: str, done: str) -> Any:
             )
         click.echo(f"schedule {name}: {done}")
 
-    command.__doc__ = f"{verb.capitalize()} schedule NAME."
-    return command
+    command.__doc__ = help_text
+    return schedules.command(name=verb)(click.argument("name")(dsn_option(command)))
 
 
-pause = _named("pause", "cli_pause_schedule", "paused")
-resume = _named("resume", "cli_resume_schedule", "resumed (fires next at its next tick)")
-delete = _named("delete", "cli_delete_schedule", "deleted (its runs stay)")
+pause = _named(
+    "pause", "cli_pause_schedule", "paused", "Pause schedule NAME: it starts nothing until resumed."
+)
+resume = _named(
+    "resume",
+    "cli_resume_schedule",
+    "resumed (fires next at its next tick)",
+    "Resume schedule NAME: it fires next at its next tick (ticks missed while paused are not "
+    "caught up).",
+)
+delete = _named(
+    "delete",
+    "cli_delete_schedule",
+    "deleted (its runs stay)",
+    "Delete schedule NAME (its runs stay).",
+)
 
 
 @schedules.command()

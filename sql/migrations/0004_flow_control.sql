@@ -28,7 +28,7 @@ create index if not exists runs_pending_key_idx
     on pgdurable.runs (queue_name, concurrency_key, created_at)
     where status = 'pending' and concurrency_key is not null;
 create unique index if not exists runs_debounce_idx
-    on pgdurable.runs (queue_name, debounce_key)
+    on pgdurable.runs (queue_name, workflow_name, debounce_key)
     where debounce_key is not null and status = 'pending';
 create unique index if not exists runs_dedup_idx
     on pgdurable.runs (queue_name, dedup_key)

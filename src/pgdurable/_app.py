@@ -18,7 +18,7 @@ from ._db import call_sql
 from ._definitions import Step, Transaction, Workflow
 from ._durations import seconds
 from ._handle import RunHandle, refuse_in_workflow
-from ._names import check_name
+from ._names import check_name, check_queue
 from ._options import StartOptions
 from ._payloads import event_params, message_params
 from ._queries import Q
@@ -86,7 +86,7 @@ class App(Runtime):
         def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
             _reject_generators("workflow", fn)
             wf_name = check_name("workflow", name or fn.__qualname__.replace("<locals>.", ""))
-            check_name("queue", queue)
+            check_queue(queue)
             if wf_name in self.workflows:
                 raise ValueError(
                     f"a workflow named {wf_name!r} is already registered on this app: "
@@ -95,6 +95,8 @@ class App(Runtime):
             spec = None
             if schedule is not None:
                 spec = ScheduleSpec(wf_name, wf_name, schedule, tz, queue=queue)
+                if spec.name in self.schedules:
+                    raise ValueError(f"a schedule named {spec.name!r} is already declared")
             wf = Workflow(self, fn, wf_name, queue, max_recoveries, on_failure)
             self.workflows[wf_name] = wf
             if spec is not None:
@@ -181,6 +183,11 @@ class App(Runtime):
             overlap,
         )
         _codec.encode_input(tuple(spec.args), dict(spec.kwargs or {}), self.limits)
+        if spec.name in self.schedules:
+            raise ValueError(
+                f"a schedule named {spec.name!r} is already declared on this app: give this "
+                "one name=..."
+            )
         self.schedules[spec.name] = spec
         return spec
 
@@ -198,12 +205,12 @@ class App(Runtime):
         if workflow is not None and queue is not None:
             raise ValueError("a retention rule is for a workflow or a queue, not both")
         if keep is not None:
-            seconds(keep, "retention keep", allow_none=False)
+            keep = timedelta(seconds=seconds(keep, "retention keep", allow_none=False))
         if workflow is not None:
             name = workflow if isinstance(workflow, str) else workflow.name
             self.retention_rules[("workflow", check_name("workflow", name))] = keep
         elif queue is not None:
-            self.retention_rules[("queue", check_name("queue", queue))] = keep
+            self.retention_rules[("queue", check_queue(queue))] = keep
         else:
             self.retention_rules[("default", "")] = keep
 

@@ -35,6 +35,11 @@ def child_plan(
     kwargs: dict[str, Any],
 ) -> Plan[RunHandle[Any]]:
     """Start a child run once: its start is checkpointed, so a replay returns the same run."""
+    if opts.dedup_key is not None or opts.debounce is not None:
+        raise ValueError(
+            "dedup_key and debounce are for starts from outside a workflow: a child start is "
+            "idempotent already (a replay returns the same child)"
+        )
     seq, key, rec = ctx.next_op("child", wf.name)
     if rec is not None:
         out = _replayed(rec)

@@ -6,11 +6,23 @@ _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 
 def check_name(kind: str, name: str) -> str:
-    """A workflow, step or queue name: the characters start_run accepts, at most 200."""
+    """A workflow, step or schedule name: the characters start_run accepts, at most 200."""
     if not name or len(name) > 200 or not set(name) <= _NAME_OK or name[0].isdigit():
         raise ValueError(
             f"invalid {kind} name {name!r}: use letters, digits and _ . : < > -, "
             "not starting with a digit, at most 200 characters"
+        )
+    return name
+
+
+_QUEUE_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def check_queue(name: str) -> str:
+    """A queue name: the characters start_run and the queues table accept, at most 100."""
+    if not isinstance(name, str) or not name or len(name) > 100 or not set(name) <= _QUEUE_OK:
+        raise ValueError(
+            f"invalid queue name {name!r}: use letters, digits and _ . : -, 1 to 100 characters"
         )
     return name
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._durations import seconds
-from ._names import check_name, check_text
+from ._names import check_queue, check_text
 
 
 class StartOptions:
@@ -49,7 +49,7 @@ class StartOptions:
         if on_conflict not in (None, "return", "raise"):
             raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
         if queue is not None:
-            check_name("queue", queue)
+            check_queue(queue)
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
         if priority is not None and not -(2**31) <= priority < 2**31:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._durations import seconds
-from ._names import check_name
+from ._names import check_queue
 
 
 def _count(what: str, value: object, low: int, high: int) -> int:
@@ -44,7 +44,7 @@ class QueueLimits:
     key_rate_limit: Rate | None = None
 
     def __post_init__(self) -> None:
-        check_name("queue", self.name)
+        check_queue(self.name)
         if self.concurrency is not None:
             _count("concurrency", self.concurrency, 0, 1_000_000)
         _count("key_concurrency", self.key_concurrency, 1, 1_000_000)

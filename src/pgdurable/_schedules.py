@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,7 +18,7 @@ from cronsim import CronSim, CronSimError
 from psycopg.types.json import Jsonb
 
 from ._codec import encode_input
-from ._names import check_name
+from ._names import check_name, check_queue
 
 CATCHUP = ("skip", "latest", "all")
 OVERLAP = ("allow", "skip", "queue")
@@ -50,7 +49,8 @@ def check_cron(cron: str, tz: str = "UTC") -> str:
         )
         raise ValueError(
             f"invalid cron expression {cron!r}: {exc}{hint}. Use 5 fields, minute hour "
-            "day-of-month month day-of-week, e.g. '*/5 * * * *' or '30 2 * * 1-5'"
+            "day-of-month month day-of-week (e.g. '*/5 * * * *' or '30 2 * * 1-5'), or 6 with "
+            "seconds first"
         ) from exc
     return cron
 
@@ -132,12 +132,6 @@ def _count_between(cron: str, tz: str, first: datetime, last: datetime) -> int:
     return count
 
 
-def upcoming(cron: str, tz: str, after: datetime, count: int) -> list[datetime]:
-    """The next ``count`` ticks after ``after`` (for `pgdurable schedules list`)."""
-    local = after.astimezone(zone(tz)).replace(microsecond=0)
-    return [t.astimezone(timezone.utc) for t in islice(CronSim(cron, local), count)]
-
-
 @dataclass(frozen=True)
 class ScheduleSpec:
     """What ``@app.workflow(schedule=...)`` and ``app.schedule(...)`` declare; written to the
@@ -171,7 +165,7 @@ class ScheduleSpec:
                 f"catchup_max must be an int from 1 to 10000, got {self.catchup_max!r}"
             )
         if self.queue is not None:
-            check_name("queue", self.queue)
+            check_queue(self.queue)
 
     def params(self, limits: Any) -> tuple[Any, ...]:
         """upsert_schedule's parameters, the input encoded within the App's ``limits``."""

@@ -20,6 +20,7 @@ from ._errors import RunNotFound
 from ._handle import RunHandle
 from ._names import check_text
 from ._options import StartOptions
+from ._queries import Q
 
 if TYPE_CHECKING:
     from ._runtime import Registered, Runtime
@@ -61,10 +62,19 @@ def start(
     conn = aq.sync_conn(conn, "start")
     params = start_params(runtime, name, args, kwargs, opts, wf)
     if conn is not None:
-        run_id = call_sql(conn, "start_run", params).fetchone()[0]
-    else:
-        with runtime.pool.connection() as c:
-            run_id = call_sql(c, "start_run", params).fetchone()[0]
+        return _started_on(conn, runtime, params, name, opts)
+    with runtime.pool.connection() as c:
+        return _started_on(c, runtime, params, name, opts)
+
+
+def _started_on(
+    conn: psycopg.Connection[Any], runtime: Runtime, params: Any, name: str, opts: StartOptions
+) -> RunHandle[Any]:
+    run_id = call_sql(conn, "start_run", params).fetchone()[0]
+    if opts.dedup_key is not None:
+        # a dedup hit returns another start's run: its own workflow id and workflow
+        row = conn.execute(Q["run_by_workflow_id"], run_key(str(run_id))).fetchone()
+        return found(runtime, row, str(run_id))
     return started(runtime, run_id, name, opts)
 
 
@@ -81,10 +91,22 @@ async def start_async(
     conn = aq.async_conn(conn, "start_async")
     params = start_params(runtime, name, args, kwargs, opts, wf)
     if conn is not None:
-        run_id = (await (await aq.call_sql(conn, "start_run", params)).fetchone())[0]
-    else:
-        async with runtime.async_connection() as c:
-            run_id = (await (await aq.call_sql(c, "start_run", params)).fetchone())[0]
+        return await _started_on_async(conn, runtime, params, name, opts)
+    async with runtime.async_connection() as c:
+        return await _started_on_async(c, runtime, params, name, opts)
+
+
+async def _started_on_async(
+    conn: psycopg.AsyncConnection[Any],
+    runtime: Runtime,
+    params: Any,
+    name: str,
+    opts: StartOptions,
+) -> RunHandle[Any]:
+    run_id = (await (await aq.call_sql(conn, "start_run", params)).fetchone())[0]
+    if opts.dedup_key is not None:
+        cur = await conn.execute(Q["run_by_workflow_id"], run_key(str(run_id)))
+        return found(runtime, await cur.fetchone(), str(run_id))
     return started(runtime, run_id, name, opts)
 
 

@@ -27,7 +27,7 @@ from ._housekeeping import (
     purge,
 )
 from ._leases import Held
-from ._names import check_name
+from ._names import check_queue
 from ._queries import Q
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Worker:
                 | {"default"}
             )
         )
-        self.queues = [check_name("queue", q) for q in chosen]
+        self.queues = [check_queue(q) for q in chosen]
         self.poll_interval = float(
             seconds(poll_interval, "poll_interval", allow_none=False, exclusive_minimum=True) or 0.0
         )
