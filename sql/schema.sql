@@ -521,48 +521,40 @@ begin
     perform pgdurable._check_json(p_input, format('input of %s', p_what));
 end $$;
 
--- Called by the SDK and by SQL users to start a workflow run; usable inside the caller's
--- transaction (the run exists only if it commits). Idempotent on workflow_id. Returns the run id.
--- p_input: {"args": [...], "kwargs": {...}}. p_options keys: workflow_id, queue, priority,
--- delay (seconds), on_conflict ('return' | 'raise'), parent_id, max_recoveries, timeout (seconds).
-create or replace function pgdurable.start_run(
-    p_workflow_name text,
-    p_input jsonb default '{"args": [], "kwargs": {}}',
-    p_options jsonb default '{}'
-) returns uuid
-language plpgsql security definer
+-- Internal: checks a start's workflow name and options (PD003, PD004) and returns what every
+-- run they start gets, as a runs row: queue, priority, max_recoveries, available_at (now +
+-- delay or debounce), parent_id, deadline_at, note (unregistered workflow), the flow-control
+-- keys and debounce_until. Identity (id, workflow_id) and input are the caller's.
+create or replace function pgdurable._start_settings(
+    p_workflow_name text, p_options jsonb, p_now timestamptz
+) returns pgdurable.runs
+language plpgsql
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
 declare
-    v_now timestamptz := pgdurable.now();
-    v_id uuid := gen_random_uuid();
-    v_key text;
-    v_queue text;
+    v pgdurable.runs%rowtype;
+    v_bad text;
     v_delay double precision;
     v_timeout double precision;
-    v_existing pgdurable.runs%rowtype;
-    v_parent pgdurable.runs%rowtype;
-    v_deadline timestamptz;
-    v_registered boolean;
-    v_note text;
     v_max_wait double precision;
+    v_parent pgdurable.runs%rowtype;
+    v_registered boolean;
 begin
     if p_workflow_name is null or p_workflow_name !~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$' then
         raise exception 'invalid workflow name %', coalesce(quote_literal(p_workflow_name), 'NULL')
             using errcode = 'PD003',
                   hint = 'use the registered name: letters, digits and _ . : < > -, at most 200 characters';
     end if;
-    perform pgdurable._check_input(p_input, format('workflow %s', p_workflow_name));
     if p_options is null or jsonb_typeof(p_options) <> 'object' then
         raise exception 'options must be a JSON object, got %', coalesce(p_options::text, 'NULL')
             using errcode = 'PD004';
     end if;
-    select string_agg(k, ', ') into v_key from jsonb_object_keys(p_options) k
+    select string_agg(k, ', ') into v_bad from jsonb_object_keys(p_options) k
         where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
                         'max_recoveries', 'timeout', 'require_registered', 'concurrency_key',
                         'dedup_key', 'debounce', 'debounce_key', 'debounce_max_wait');
-    if v_key is not null then
-        raise exception 'unknown start option(s): %', v_key
+    if v_bad is not null then
+        raise exception 'unknown start option(s): %', v_bad
             using errcode = 'PD004',
                   hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait';
     end if;
@@ -583,28 +575,17 @@ begin
             using errcode = 'PD004',
                   hint = 'concurrency_key and dedup_key are strings of 1 to 500 characters';
     end if;
-
     -- no queue given: the queue the workflow's workers registered, else 'default'
-    v_queue := p_options ->> 'queue';
-    if v_queue is null then
-        select w.queue_name into v_queue from pgdurable.workflows w where w.name = p_workflow_name;
+    v.queue_name := p_options ->> 'queue';
+    if v.queue_name is null then
+        select w.queue_name into v.queue_name from pgdurable.workflows w where w.name = p_workflow_name;
         v_registered := found;
-        v_queue := coalesce(v_queue, 'default');
+        v.queue_name := coalesce(v.queue_name, 'default');
     end if;
-    if v_queue !~ '^[A-Za-z0-9_.:-]{1,100}$' then
-        raise exception 'invalid queue name %', quote_literal(v_queue)
+    if v.queue_name !~ '^[A-Za-z0-9_.:-]{1,100}$' then
+        raise exception 'invalid queue name %', quote_literal(v.queue_name)
             using errcode = 'PD004',
                   hint = 'queue names use letters, digits and _ . : -, 1 to 100 characters';
-    end if;
-    v_key := coalesce(p_options ->> 'workflow_id', v_id::text);
-    if v_key = '' or length(v_key) > 500 then
-        raise exception 'workflow_id must be 1 to 500 characters' using errcode = 'PD004';
-    end if;
-    -- A workflow_id shaped like a run id IS the run id, so a lookup by either can never find
-    -- another run than the one meant (no run can borrow a victim's id as its workflow_id).
-    if v_key ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
-        v_key := lower(v_key);
-        v_id := v_key::uuid;
     end if;
     if coalesce(p_options ->> 'on_conflict', 'return') not in ('return', 'raise') then
         raise exception 'on_conflict must be ''return'' or ''raise'', got %', p_options ->> 'on_conflict'
@@ -632,12 +613,21 @@ begin
                 raise exception using errcode = '22023';
             end if;
         end if;
+        v.priority := coalesce((p_options ->> 'priority')::integer, 0);
+        v.max_recoveries := coalesce((p_options ->> 'max_recoveries')::integer, 10);
     exception when others then
         raise exception 'invalid start options %', p_options
             using errcode = 'PD004',
                   hint = 'delay and timeout are seconds (0 <= delay, 0 < timeout, both at most 100 years), priority and max_recoveries integers, parent_id an existing run id';
     end;
-    v_deadline := least(v_now + make_interval(secs => v_timeout), v_parent.deadline_at);
+    v.workflow_name := p_workflow_name;
+    v.available_at := p_now + make_interval(secs => v_delay);
+    v.parent_id := v_parent.id;
+    v.deadline_at := least(p_now + make_interval(secs => v_timeout), v_parent.deadline_at);
+    v.concurrency_key := p_options ->> 'concurrency_key';
+    v.dedup_key := p_options ->> 'dedup_key';
+    v.debounce_key := p_options ->> 'debounce_key';
+    v.debounce_until := p_now + make_interval(secs => v_max_wait);
     if v_registered is null then
         v_registered := exists (select 1 from pgdurable.workflows w where w.name = p_workflow_name);
     end if;
@@ -647,25 +637,98 @@ begin
                 using errcode = 'PD003',
                       hint = 'check the name (a typo?); to start it before any worker serving it has run, pass allow_unregistered';
         end if;
-        v_note := format('no worker has registered workflow %s yet', p_workflow_name);
+        v.note := format('no worker has registered workflow %s yet', p_workflow_name);
     end if;
-
     -- runs with a concurrency key are limited per key (1 at a time unless configured): their
     -- queue gets a row, which puts its claims on the limited path
-    if p_options ->> 'concurrency_key' is not null then
-        insert into pgdurable.queues (name, created_at, updated_at) values (v_queue, v_now, v_now)
+    if v.concurrency_key is not null then
+        insert into pgdurable.queues (name, created_at, updated_at)
+        values (v.queue_name, p_now, p_now)
         on conflict do nothing;
     end if;
+    return v;
+end $$;
+
+-- Internal: the run id and workflow_id of a start given workflow_id p_key (null: a fresh id,
+-- whose text is the workflow_id). A workflow_id shaped like a run id IS the run id, so a lookup
+-- by either can never find another run than the one meant.
+create or replace function pgdurable._start_identity(p_key text, out run_id uuid, out workflow_id text)
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+begin
+    if p_key = '' or length(p_key) > 500 then
+        raise exception 'workflow_id must be 1 to 500 characters' using errcode = 'PD004';
+    end if;
+    if p_key ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+        workflow_id := lower(p_key);
+        run_id := workflow_id::uuid;
+    else
+        run_id := gen_random_uuid();
+        workflow_id := coalesce(p_key, run_id::text);
+    end if;
+end $$;
+
+-- Internal: the run a start whose insert met a unique key belongs to: the one holding its
+-- workflow_id (PD007 if that is another workflow's run, or on_conflict = 'raise', or the
+-- workflow_id is another run's id).
+create or replace function pgdurable._existing_run(
+    p_workflow_name text, p_key text, p_options jsonb
+) returns uuid
+language plpgsql
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_existing pgdurable.runs%rowtype;
+begin
+    select * into v_existing from pgdurable.runs where workflow_id = p_key;
+    if not found then
+        raise exception 'workflow_id % is the id of another run', quote_literal(p_key)
+            using errcode = 'PD007',
+                  hint = 'a workflow_id shaped like a uuid becomes the run id: pick another one';
+    end if;
+    if p_options ->> 'on_conflict' = 'raise' or v_existing.workflow_name <> p_workflow_name then
+        raise exception 'workflow_id % is already used by run % of workflow %', quote_literal(p_key),
+            v_existing.id, v_existing.workflow_name
+            using errcode = 'PD007',
+                  hint = 'pick another workflow_id, or start with on_conflict => ''return'' to get the existing run';
+    end if;
+    return v_existing.id;
+end $$;
+
+-- Called by the SDK and by SQL users to start a workflow run; usable inside the caller's
+-- transaction (the run exists only if it commits). Idempotent on workflow_id. Returns the run id.
+-- p_input: {"args": [...], "kwargs": {...}}. p_options keys: workflow_id, queue, priority,
+-- delay (seconds), on_conflict ('return' | 'raise'), parent_id, max_recoveries, timeout (seconds),
+-- require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait.
+create or replace function pgdurable.start_run(
+    p_workflow_name text,
+    p_input jsonb default '{"args": [], "kwargs": {}}',
+    p_options jsonb default '{}'
+) returns uuid
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v pgdurable.runs%rowtype;
+    v_id uuid;
+    v_key text;
+    v_existing pgdurable.runs%rowtype;
+begin
+    v := pgdurable._start_settings(p_workflow_name, p_options, v_now);
+    perform pgdurable._check_input(p_input, format('workflow %s', p_workflow_name));
+    select i.run_id, i.workflow_id into v_id, v_key
+      from pgdurable._start_identity(p_options ->> 'workflow_id') i;
 
     -- debounce: a pending run collecting starts of this key takes the latest input, and its
     -- start moves to the end of the new window (never past its debounce_until)
-    if p_options ? 'debounce' then
+    if v.debounce_key is not null then
         update pgdurable.runs r
            set input = p_input, updated_at = v_now,
-               available_at = least(v_now + make_interval(secs => v_delay),
-                                    coalesce(r.debounce_until, 'infinity'))
-         where r.queue_name = v_queue and r.workflow_name = p_workflow_name
-           and r.debounce_key = p_options ->> 'debounce_key' and r.status = 'pending'
+               available_at = least(v.available_at, coalesce(r.debounce_until, 'infinity'))
+         where r.queue_name = v.queue_name and r.workflow_name = p_workflow_name
+           and r.debounce_key = v.debounce_key and r.status = 'pending'
         returning r.id into v_existing.id;
         if found then
             return v_existing.id;
@@ -678,70 +741,57 @@ begin
                                 max_recoveries, available_at, parent_id, deadline_at, note,
                                 created_at, updated_at, concurrency_key, dedup_key,
                                 debounce_key, debounce_until)
-    values (v_id, v_key, p_workflow_name, v_queue, 'pending',
-            coalesce((p_options ->> 'priority')::integer, 0), p_input,
-            coalesce((p_options ->> 'max_recoveries')::integer, 10),
-            v_now + make_interval(secs => v_delay), v_parent.id, v_deadline, v_note, v_now, v_now,
-            p_options ->> 'concurrency_key', p_options ->> 'dedup_key',
-            p_options ->> 'debounce_key', v_now + make_interval(secs => v_max_wait))
+    values (v_id, v_key, p_workflow_name, v.queue_name, 'pending', v.priority, p_input,
+            v.max_recoveries, v.available_at, v.parent_id, v.deadline_at, v.note, v_now, v_now,
+            v.concurrency_key, v.dedup_key, v.debounce_key, v.debounce_until)
     on conflict do nothing;
 
     if found then
-        if v_delay = 0 then
-            perform pg_notify('pgdurable_wake', v_queue);
+        if v.available_at <= v_now then
+            perform pg_notify('pgdurable_wake', v.queue_name);
         end if;
         return v_id;
     end if;
 
     -- a concurrent start of the same debounce key inserted first: collapse into it
-    if p_options ? 'debounce' then
+    if v.debounce_key is not null then
         update pgdurable.runs r
            set input = p_input, updated_at = v_now,
-               available_at = least(v_now + make_interval(secs => v_delay),
-                                    coalesce(r.debounce_until, 'infinity'))
-         where r.queue_name = v_queue and r.workflow_name = p_workflow_name
-           and r.debounce_key = p_options ->> 'debounce_key' and r.status = 'pending'
+               available_at = least(v.available_at, coalesce(r.debounce_until, 'infinity'))
+         where r.queue_name = v.queue_name and r.workflow_name = p_workflow_name
+           and r.debounce_key = v.debounce_key and r.status = 'pending'
         returning r.id into v_existing.id;
         if found then
             return v_existing.id;
         end if;
-        raise exception 'the run collecting debounce_key % started while this start ran', quote_literal(p_options ->> 'debounce_key')
+        raise exception 'the run collecting debounce_key % started while this start ran', quote_literal(v.debounce_key)
             using errcode = '40001',
                   hint = 'retry the start: it now opens a new window';
     end if;
 
     -- the unfinished run holding the dedup key (if it finished meanwhile, no run is returned
     -- here and the caller's retry starts a new one)
-    if p_options ->> 'dedup_key' is not null
+    if v.dedup_key is not null
        and not exists (select from pgdurable.runs r where r.workflow_id = v_key or r.id = v_id) then
         select * into v_existing from pgdurable.runs r
-         where r.queue_name = v_queue and r.dedup_key = p_options ->> 'dedup_key'
+         where r.queue_name = v.queue_name and r.dedup_key = v.dedup_key
            and r.status in ('pending', 'running', 'sleeping', 'waiting');
         if found then
             return v_existing.id;
         end if;
-        raise exception 'the run holding dedup_key % finished while this start ran', quote_literal(p_options ->> 'dedup_key')
+        raise exception 'the run holding dedup_key % finished while this start ran', quote_literal(v.dedup_key)
             using errcode = '40001',
                   hint = 'retry the start: it now starts a new run';
     end if;
-
-    select * into v_existing from pgdurable.runs where workflow_id = v_key;
-    if not found then
-        raise exception 'workflow_id % is the id of another run', quote_literal(v_key)
-            using errcode = 'PD007',
-                  hint = 'a workflow_id shaped like a uuid becomes the run id: pick another one';
-    end if;
-    if p_options ->> 'on_conflict' = 'raise' or v_existing.workflow_name <> p_workflow_name then
-        raise exception 'workflow_id % is already used by run % of workflow %', quote_literal(v_key),
-            v_existing.id, v_existing.workflow_name
-            using errcode = 'PD007',
-                  hint = 'pick another workflow_id, or start with on_conflict => ''return'' to get the existing run';
-    end if;
-    return v_existing.id;
+    return pgdurable._existing_run(p_workflow_name, v_key, p_options);
 end $$;
 
--- Called by the SDK's start_many: starts one run per element of p_inputs in one statement.
--- p_workflow_ids may be null (ids are generated) or have one key per input.
+-- Called by the SDK's start_many: starts one run per element of p_inputs in one statement,
+-- set-based (one INSERT ... SELECT FROM unnest): the options are checked once and every input
+-- before anything is written. p_workflow_ids may be null (ids are generated) or have one key
+-- per input; a key that exists returns its run, as start_run does. Returns the run ids in the
+-- order of p_inputs. Options that act per start (dedup_key, debounce, a workflow_id for all,
+-- on_conflict 'raise') take start_run's path once per input.
 create or replace function pgdurable.start_runs(
     p_workflow_name text,
     p_inputs jsonb[],
@@ -752,18 +802,58 @@ language plpgsql security definer
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
 declare
+    v_now timestamptz := pgdurable.now();
+    v pgdurable.runs%rowtype;
     i integer;
 begin
     if p_workflow_ids is not null and cardinality(p_workflow_ids) <> cardinality(p_inputs) then
         raise exception 'start_runs got % inputs but % workflow ids', cardinality(p_inputs), cardinality(p_workflow_ids)
             using errcode = 'PD003';
     end if;
-    for i in 1 .. coalesce(cardinality(p_inputs), 0) loop
-        return next pgdurable.start_run(
-            p_workflow_name, p_inputs[i],
-            case when p_workflow_ids is null then p_options
-                 else p_options || jsonb_build_object('workflow_id', p_workflow_ids[i]) end);
-    end loop;
+    if coalesce(cardinality(p_inputs), 0) = 0 then
+        perform pgdurable._start_settings(p_workflow_name, p_options, v_now);
+        return;
+    end if;
+    if p_options ?| array['dedup_key', 'debounce', 'workflow_id']
+       or p_options ->> 'on_conflict' = 'raise' then
+        for i in 1 .. cardinality(p_inputs) loop
+            return next pgdurable.start_run(
+                p_workflow_name, p_inputs[i],
+                case when p_workflow_ids is null then p_options
+                     else p_options || jsonb_build_object('workflow_id', p_workflow_ids[i]) end);
+        end loop;
+        return;
+    end if;
+    v := pgdurable._start_settings(p_workflow_name, p_options, v_now);
+    perform pgdurable._check_input(t.input, format('workflow %s (start %s)', p_workflow_name, t.n))
+       from unnest(p_inputs) with ordinality as t(input, n);
+    return query
+        with items as (
+            select t.n, t.input, k.run_id, k.workflow_id
+              from unnest(p_inputs, p_workflow_ids) with ordinality as t(input, key, n)
+             cross join lateral pgdurable._start_identity(t.key) k
+        ), inserted as (
+            insert into pgdurable.runs as r (id, workflow_id, workflow_name, queue_name, status,
+                                             priority, input, max_recoveries, available_at,
+                                             parent_id, deadline_at, note, created_at, updated_at,
+                                             concurrency_key)
+            select items.run_id, items.workflow_id, p_workflow_name, v.queue_name, 'pending',
+                   v.priority, items.input, v.max_recoveries, v.available_at, v.parent_id,
+                   v.deadline_at, v.note, v_now, v_now, v.concurrency_key
+              from items order by items.n
+            on conflict do nothing
+            returning r.id, r.workflow_id
+        )
+        select coalesce(mine.id, twin.id,
+                        pgdurable._existing_run(p_workflow_name, items.workflow_id, p_options))
+          from items
+          left join inserted mine on mine.id = items.run_id
+          -- the same workflow_id twice in one batch: the first start's run
+          left join inserted twin on twin.workflow_id = items.workflow_id
+         order by items.n;
+    if v.available_at <= v_now then
+        perform pg_notify('pgdurable_wake', v.queue_name);
+    end if;
 end $$;
 
 -- Internal: takes back a running run (locked by the caller) whose worker is gone: expired lease

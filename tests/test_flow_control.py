@@ -387,3 +387,45 @@ def test_a_dedup_hit_gives_the_handle_of_the_run_it_found(app: pgdurable.App) ->
     assert a.run_id != b.run_id
     with pytest.raises(ValueError, match="invalid queue name 'a<b'"):
         app.queue("a<b")
+
+
+def test_a_batch_start_is_one_insert_in_order_and_idempotent(app: pgdurable.App) -> None:
+    @app.workflow(name="fc.batch", queue="fc.bulk")
+    def batch(n: int) -> int:
+        return n * 2
+
+    @app.workflow(name="fc.other")
+    def other() -> None:
+        return None
+
+    other.options(workflow_id="taken-by-other").start()
+    before = batch.start_many([(0,)], workflow_ids=["k-0"])
+    ids = [f"k-{i}" for i in range(500)]
+    handles = batch.start_many([(i,) for i in range(500)], workflow_ids=ids, priority=3)
+    assert [h.workflow_id for h in handles] == ids
+    assert handles[0].run_id == before[0].run_id, "an existing workflow id returns its run"
+    assert query(
+        app.dsn,
+        "select priority, count(*), min(queue_name) from pgdurable.runs "
+        "where workflow_name = 'fc.batch' group by 1 order by 1",
+    ) == [(0, 1, "fc.bulk"), (3, 499, "fc.bulk")], "the existing k-0 kept its own priority"
+    uuid_key = "7b0c1e32-9d8f-4c57-8e0a-5c2b7d9e1f00"
+    dup = batch.start_many([(1,), (2,), (3,)], workflow_ids=["twice", "twice", uuid_key.upper()])
+    assert dup[0].run_id == dup[1].run_id, "one workflow id twice in a batch: one run"
+    assert str(dup[2].run_id) == uuid_key, "a uuid-shaped workflow id is the run id"
+    # all or nothing: a bad input, or another workflow's id, writes no run of the batch
+    count = "select count(*) from pgdurable.runs"
+    total = scalar(app.dsn, count)
+    with app.connect() as conn:
+        for inputs, ids2, state, text in (
+            (['{"args": [1]}', '{"args": 2}'], None, "PD003", "start 2"),
+            (['{"args": [1]}', '{"args": [2]}'], ["fresh", "taken-by-other"], "PD007", "fc.other"),
+        ):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(
+                    "select pgdurable.start_runs('fc.batch', %s::jsonb[], '{}', %s)", (inputs, ids2)
+                )
+            assert info.value.sqlstate == state and text in str(info.value)
+    assert scalar(app.dsn, count) == total
+    with running_worker(app, queues=["fc.bulk"], poll_interval=0.05):
+        assert [h.result(timeout=30) for h in handles[:5]] == [0, 2, 4, 6, 8]
