@@ -371,3 +371,24 @@ select pgdurable.purge_expired(%s);
 -- name: set_retention
 -- Write a retention rule the App declares (each worker at start).
 select pgdurable.set_retention(%s, %s, %s);
+
+-- name: cli_start_run
+-- `pgdurable start`.
+select pgdurable.start_run(%s, %s, %s);
+
+-- name: cli_emit_event
+-- `pgdurable emit`.
+select pgdurable.emit_event(%s, %s);
+
+-- name: cli_send_message
+-- `pgdurable send`.
+select pgdurable.send_message(%s, %s, %s);
+
+-- name: cli_fork_run
+-- `pgdurable fork`.
+select pgdurable.fork_run(%s, %s, %s);
+
+-- name: cli_step_position
+-- `pgdurable fork --from-step`: the position of a run's step, by key or by position.
+select seq from pgdurable.checkpoints
+ where run_id = %s and (step_key = %s or seq::text = %s);

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import pgdurable
+from apps.support import running_worker
 from conftest import PYTHON, with_db
 from pgdurable_cli._support import load_app
 from pgdurable_cli.main import cli
@@ -342,3 +343,48 @@ def test_entry_point_prints_the_version() -> None:
     assert done.returncode == 0
     assert pgdurable.__version__ in done.stdout
     assert os.path.basename(PGDURABLE) in done.stdout
+
+
+def test_start_emit_send_and_fork_from_the_command_line(dsn: str) -> None:
+    app = pgdurable.App(dsn, lease=2.0)
+
+    @app.step()
+    def charge(cents: int) -> str:
+        return f"charged {cents}"
+
+    @app.workflow(name="cli.order")
+    def order(cents: int) -> dict[str, Any]:
+        paid = charge(cents)
+        approval = pgdurable.wait_for_event(f"approve:{cents}")
+        note = pgdurable.recv("note")
+        return {"paid": paid, "approval": approval, "note": note}
+
+    start = ["start", "cli.order", "--args", "[700]", "--workflow-id", "o-700", "--dsn", dsn]
+    started = run_cli(*start)
+    assert started.exit_code == 0 and "workflow_id o-700" in started.stdout
+    run_id = json.loads(run_cli(*start, "--json").stdout)["run_id"]
+    assert run_id in started.stdout, "a second start with the workflow id returns the same run"
+    assert run_cli("emit", "approve:700", "--payload", '{"by": "ann"}', "--dsn", dsn).exit_code == 0
+    sent = run_cli("send", "o-700", "--topic", "note", "--payload", '"gift wrap"', "--dsn", dsn)
+    assert sent.exit_code == 0 and "topic note" in sent.stdout
+    with running_worker(app, poll_interval=0.05):
+        assert app.handle("o-700").result(timeout=15) == {
+            "paid": "charged 700",
+            "approval": {"by": "ann"},
+            "note": "gift wrap",
+        }
+        forked = run_cli("fork", "o-700", "--from-step", "approve:700", "--json", "--dsn", dsn)
+        assert forked.exit_code == 0, forked.output
+        new = app.handle(json.loads(forked.stdout)["run_id"])
+        run_cli("send", str(new.run_id), "--topic", "note", "--payload", '"no wrap"', "--dsn", dsn)
+        # the fork replays the charge and re-executes from the event wait on
+        assert new.result(timeout=15) == {
+            "paid": "charged 700",
+            "approval": {"by": "ann"},
+            "note": "no wrap",
+        }
+    app.close()
+    bad = CliRunner().invoke(cli, ["start", "cli.order", "--args", "[1", "--dsn", dsn])
+    assert bad.exit_code == 2 and "--args is not JSON" in bad.output
+    missing = CliRunner().invoke(cli, ["fork", "o-700", "--from-step", "nope", "--dsn", dsn])
+    assert missing.exit_code == 2 and "has no step 'nope'" in missing.output

@@ -33,6 +33,7 @@ from ._support import (
     session,
     warn_loudly,
 )
+from .actions_cmd import emit, fork, send, start
 from .dashboard_cmd import dashboard
 from .queues_cmd import queues
 from .schedules_cmd import schedules
@@ -472,6 +473,8 @@ def _runs(count: int) -> str:
 
 
 cli.add_command(dashboard)
+for command in (start, emit, send, fork):
+    cli.add_command(command)
 cli.add_command(queues)
 cli.add_command(schedules)
 
