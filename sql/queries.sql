@@ -125,8 +125,9 @@ select wake_at, suspended from pgdurable.sleep_run(%s, %s, %s, %s, %s, %s);
 select pgdurable.release_run(%s, %s, %s, %s, %s);
 
 -- name: heartbeat
--- Extend all the leases of one worker; returns lost and cancel-requested runs.
-select run_id, lost, cancel_requested from pgdurable.heartbeat(%s, %s, %s, %s);
+-- Extend all the leases of one worker; returns lost, cancel- and pause-requested runs.
+select run_id, lost, cancel_requested, pause_requested
+  from pgdurable.heartbeat(%s, %s, %s, %s);
 
 -- name: cancel_run
 -- Cancel a run and its unfinished children.
@@ -392,3 +393,11 @@ select pgdurable.fork_run(%s, %s, %s);
 -- `pgdurable fork --from-step`: the position of a run's step, by key or by position.
 select seq from pgdurable.checkpoints
  where run_id = %s and (step_key = %s or seq::text = %s);
+
+-- name: park_run
+-- The worker parks a run whose pause was requested (fenced).
+select pgdurable.park_run(%s, %s);
+
+-- name: pause_run
+-- handle.pause(), `pgdurable pause`: pause a run (at once, or at its next durable operation).
+select pgdurable.pause_run(%s);

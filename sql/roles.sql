@@ -23,7 +23,7 @@ do $roles$
 declare
     v_saved_path text := pg_catalog.current_setting('search_path');
     -- what each role may execute (each list adds to the one before)
-    v_client_calls text[] := array['start_run', 'start_runs', 'cancel_run', 'emit_event',
+    v_client_calls text[] := array['pause_run', 'start_run', 'start_runs', 'cancel_run', 'emit_event',
                                    'send_message', 'read_stream', 'now'];
     v_worker_calls text[] := array['claim_runs', 'claim_run', 'record_checkpoint',
                                    'complete_run', 'fail_run', 'finish_cancel', 'schedule_retry',
@@ -32,7 +32,7 @@ declare
                                    'tick_due', 'register_worker', 'unregister_worker',
                                    'write_stream', 'close_stream', 'configure_queue',
                                    'upsert_schedule', 'due_schedules', 'fire_schedule',
-                                   'purge_expired', 'set_retention'];
+                                   'purge_expired', 'set_retention', 'park_run'];
     v_admin_calls text[] := array['gc_runs', 'shift_clock', 'resume_run', 'retry_run',
                                   'fork_run', 'pause_queue', 'resume_queue', 'reset_queue',
                                   'trigger_schedule', 'pause_schedule', 'resume_schedule',

@@ -115,9 +115,12 @@ create table if not exists pgdurable.runs (
     -- wins, its start moves back), at the latest until debounce_until
     debounce_key           text,
     debounce_until         timestamptz,
+    -- pause_run on a running run: its worker parks it ('paused') at its next durable operation
+    pause_requested        boolean not null default false,
     constraint runs_workflow_id_key unique (workflow_id),
     constraint runs_status_check check (status in
-        ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
+        ('pending', 'running', 'sleeping', 'waiting', 'paused', 'completed', 'failed',
+         'cancelled')),
     constraint runs_lease_check check ((status = 'running') = (lease_expires_at is not null))
 );
 -- Claims read only pending rows; finished history never enters these indexes.
@@ -159,7 +162,8 @@ create unique index if not exists runs_debounce_idx
 -- One unfinished run per (queue, dedup_key): a second start returns it.
 create unique index if not exists runs_dedup_idx
     on pgdurable.runs (queue_name, dedup_key)
-    where dedup_key is not null and status in ('pending', 'running', 'sleeping', 'waiting');
+    where dedup_key is not null
+      and status in ('pending', 'running', 'sleeping', 'waiting', 'paused');
 
 -- Flow control per queue (docs/flow-control.md). A queue without a row has no limits. Claims of
 -- a queue with a row lock it (FOR UPDATE) before counting, so limits hold exactly across
@@ -775,7 +779,7 @@ begin
        and not exists (select from pgdurable.runs r where r.workflow_id = v_key or r.id = v_id) then
         select * into v_existing from pgdurable.runs r
          where r.queue_name = v.queue_name and r.dedup_key = v.dedup_key
-           and r.status in ('pending', 'running', 'sleeping', 'waiting');
+           and r.status in ('pending', 'running', 'sleeping', 'waiting', 'paused');
         if found then
             return v_existing.id;
         end if;
@@ -1768,7 +1772,7 @@ end $$;
 -- statement. Returns the runs it no longer holds (lost = true) or that were asked to cancel.
 create or replace function pgdurable.heartbeat(
     p_worker_id text, p_run_ids uuid[], p_attempts integer[], p_lease double precision default 30
-) returns table (run_id uuid, lost boolean, cancel_requested boolean)
+) returns table (run_id uuid, lost boolean, cancel_requested boolean, pause_requested boolean)
 language plpgsql security definer
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
@@ -1784,11 +1788,58 @@ begin
            set lease_expires_at = v_now + make_interval(secs => p_lease), heartbeat_at = now()
           from held
          where r.id = held.id and r.attempt = held.att and r.status = 'running'
-        returning r.id, r.cancel_requested
+        returning r.id, r.cancel_requested, r.pause_requested
     )
-    select held.id, e.id is null, coalesce(e.cancel_requested, false)
+    select held.id, e.id is null, coalesce(e.cancel_requested, false),
+           coalesce(e.pause_requested, false)
       from held left join extended e on e.id = held.id
-     where e.id is null or e.cancel_requested;
+     where e.id is null or e.cancel_requested or e.pause_requested;
+end $$;
+
+-- Called by users (SDK, CLI, psql, the dashboard) to pause a run: a pending, sleeping or
+-- waiting run becomes 'paused' at once (it holds no worker, its timer is dropped); a running
+-- one is flagged and its worker parks it at its next durable operation. resume_run goes on from
+-- its last checkpoint. Returns 'paused', 'pausing', or the status of a run that has finished.
+create or replace function pgdurable.pause_run(p_run_id uuid) returns text
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+    v_run pgdurable.runs%rowtype;
+begin
+    select * into v_run from pgdurable.runs where id = p_run_id for update;
+    if not found then
+        raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
+    end if;
+    if v_run.status in ('completed', 'failed', 'cancelled', 'paused') then
+        return v_run.status;
+    end if;
+    if v_run.status = 'running' then
+        update pgdurable.runs set pause_requested = true, updated_at = v_now where id = p_run_id;
+        return 'pausing';
+    end if;
+    update pgdurable.runs
+       set status = 'paused', updated_at = v_now, note = 'paused', debounce_key = null
+     where id = p_run_id;
+    delete from pgdurable.timers where run_id = p_run_id;
+    return 'paused';
+end $$;
+
+-- Called by the SDK when a running run observes its pause flag (fenced): parks it 'paused',
+-- holding no worker, until resume_run.
+create or replace function pgdurable.park_run(p_run_id uuid, p_attempt integer) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_now timestamptz := pgdurable.now();
+begin
+    perform pgdurable._fence(p_run_id, p_attempt);
+    update pgdurable.runs
+       set status = 'paused', pause_requested = false, lease_expires_at = null, worker_id = null,
+           updated_at = v_now, note = 'paused'
+     where id = p_run_id;
 end $$;
 
 -- Called by users (SDK, CLI, psql) to cancel a run and its unfinished children. A pending,
@@ -1869,21 +1920,24 @@ begin
     if not found then
         raise exception 'run % does not exist', p_run_id using errcode = 'PD001';
     end if;
-    if v_run.status not in ('failed', 'cancelled') then
-        raise exception 'run % is %; only failed or cancelled runs can be resumed', p_run_id, v_run.status
+    if v_run.status not in ('failed', 'cancelled', 'paused') then
+        raise exception 'run % is %; only failed, cancelled or paused runs can be resumed', p_run_id, v_run.status
             using errcode = 'PD006';
     end if;
+    -- a paused run replays to where it was and sleeps or waits again from there
+    delete from pgdurable.timers where run_id = p_run_id;
     -- a failed step's error checkpoint would replay the failure: drop the failed ones
     delete from pgdurable.checkpoints where run_id = p_run_id and error is not null and kind in ('step', 'transaction');
     update pgdurable.runs r
        set status = 'pending', available_at = v_now, updated_at = v_now, finished_at = null,
            error = null, output = null, cancel_requested = false, recoveries = 0, disconnects = 0,
            retry_step_key = null, retry_step_attempts = 0, note = 'resumed',
+           pause_requested = false, wait_for = null,
            -- another unfinished run took the dedup key meanwhile: this one resumes without it
            dedup_key = case when exists (
                select from pgdurable.runs o
                 where o.queue_name = r.queue_name and o.dedup_key = r.dedup_key and o.id <> r.id
-                  and o.status in ('pending', 'running', 'sleeping', 'waiting'))
+                  and o.status in ('pending', 'running', 'sleeping', 'waiting', 'paused'))
                then null else r.dedup_key end
      where id = p_run_id;
     perform pg_notify('pgdurable_wake', v_run.queue_name);

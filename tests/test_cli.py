@@ -191,7 +191,7 @@ def test_runs_show_cancel_resume_retry_round_trip(dsn: str) -> None:
     assert "resumed run" in resumed.output
     again = run_cli("resume", "order-1", "--dsn", dsn)
     assert again.exit_code == 1
-    assert "only failed or cancelled runs can be resumed" in again.output
+    assert "only failed, cancelled or paused runs can be resumed" in again.output
 
     cancelled = run_cli("cancel", order, "--dsn", dsn)
     assert cancelled.exit_code == 0 and "cancelled run" in cancelled.output

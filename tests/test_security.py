@@ -49,6 +49,7 @@ CLIENT_CALLS = {
     "send_message",
     "read_stream",
     "now",
+    "pause_run",
 }
 WORKER_CALLS = CLIENT_CALLS | {
     "claim_runs",
@@ -77,6 +78,7 @@ WORKER_CALLS = CLIENT_CALLS | {
     "fire_schedule",
     "purge_expired",
     "set_retention",
+    "park_run",
 }
 ADMIN_CALLS = WORKER_CALLS | {
     "gc_runs",

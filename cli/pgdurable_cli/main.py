@@ -38,8 +38,17 @@ from .dashboard_cmd import dashboard
 from .queues_cmd import queues
 from .schedules_cmd import schedules
 
-STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
-FINISHED = frozenset(STATUSES[4:])
+STATUSES = (
+    "pending",
+    "running",
+    "sleeping",
+    "waiting",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+)
+FINISHED = frozenset(STATUSES[5:])
 # Upper bounds of numeric options: far above any sensible use, far below what would overflow
 # an SQL integer or a thread pool.
 MAX_CONCURRENCY = 1000
@@ -391,6 +400,24 @@ def cancel(run: str, dsn: str | None) -> None:
         click.echo(f"{name} finished ({outcome}) before it could be cancelled")
 
 
+@cli.command()
+@click.argument("run")
+@dsn_option
+def pause(run: str, dsn: str | None) -> None:
+    """Pause RUN: at once if it is pending, sleeping or waiting, else at its next durable
+    operation. `pgdurable resume RUN` goes on from its last checkpoint."""
+    with session(dsn) as conn:
+        run_id, workflow_id, _ = find_run(conn, run)
+        outcome = call(conn, "pause_run", (run_id,))
+    name = _run_name(run_id, workflow_id)
+    if outcome == "paused":
+        click.echo(f"paused {name}: it holds no worker until `pgdurable resume`")
+    elif outcome == "pausing":
+        click.echo(f"pause requested for {name}: its worker parks it at its next durable operation")
+    else:
+        click.echo(f"{name} has finished ({outcome}): nothing to pause")
+
+
 def _run_name(run_id: Any, workflow_id: str) -> str:
     return f"run {run_id}" if workflow_id == str(run_id) else f"run {run_id} ({cell(workflow_id)})"
 
@@ -407,7 +434,7 @@ def _restart(run: str, dsn: str | None, query: str, verb: str) -> None:
 @click.argument("run")
 @dsn_option
 def resume(run: str, dsn: str | None) -> None:
-    """Restart a failed or cancelled RUN from its last checkpoint."""
+    """Restart a failed, cancelled or paused RUN from its last checkpoint."""
     _restart(run, dsn, "resume_run", "resumed")
 
 

@@ -17,6 +17,15 @@ alter table pgdurable.runs add column if not exists concurrency_key text;
 alter table pgdurable.runs add column if not exists dedup_key text;
 alter table pgdurable.runs add column if not exists debounce_key text;
 alter table pgdurable.runs add column if not exists debounce_until timestamptz;
+alter table pgdurable.runs add column if not exists pause_requested boolean not null default false;
+-- a new status, 'paused' (pause_run): re-creating the check reads every run once, under the
+-- upgrade's lock
+alter table pgdurable.runs drop constraint if exists runs_status_check;
+alter table pgdurable.runs add constraint runs_status_check check (status in
+    ('pending', 'running', 'sleeping', 'waiting', 'paused', 'completed', 'failed',
+     'cancelled'));
+-- heartbeat also returns pause_requested: its result type changes, so schema.sql re-creates it
+drop function if exists pgdurable.heartbeat(text, uuid[], integer[], double precision);
 
 -- the dashboard's runs page pages by (created_at, id): built once here, on every run
 create index if not exists runs_created_idx
@@ -32,7 +41,8 @@ create unique index if not exists runs_debounce_idx
     where debounce_key is not null and status = 'pending';
 create unique index if not exists runs_dedup_idx
     on pgdurable.runs (queue_name, dedup_key)
-    where dedup_key is not null and status in ('pending', 'running', 'sleeping', 'waiting');
+    where dedup_key is not null
+      and status in ('pending', 'running', 'sleeping', 'waiting', 'paused');
 
 create table if not exists pgdurable.queues (
     name             text primary key,

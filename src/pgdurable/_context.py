@@ -25,12 +25,14 @@ class Suspended(BaseException):
 
 
 class Released(BaseException):
-    """Unwinds a workflow whose run is being handed back (worker shutdown or lost lease)."""
+    """Unwinds a workflow whose run is being handed back (worker shutdown or lost lease) or
+    parked (``park``: a pause was requested)."""
 
-    def __init__(self, reason: str, lost: bool = False) -> None:
+    def __init__(self, reason: str, lost: bool = False, park: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.lost = lost
+        self.park = park
 
 
 @dataclass
@@ -115,6 +117,8 @@ class RunContext:
             raise Released("lease lost", lost=True)
         if self.held.cancel_requested and not self.compensating:
             raise Cancelled(f"run {self.run_id} was cancelled")
+        if self.held.pause_requested and not self.compensating:
+            raise Released("paused", park=True)
         if self.stop_requested is not None and self.stop_requested.is_set():
             raise Released("worker shutting down")
 

@@ -65,6 +65,12 @@ def fail(app: Runtime, claim: Claim, exc: BaseException) -> Plan[tuple[str, Any]
     return "failed", exc
 
 
+def park(claim: Claim) -> Plan[tuple[str, Any]]:
+    """A pause was requested: the run rests 'paused', holding no worker, until resumed."""
+    yield Sql("park_run", (claim.run_id, claim.attempt))
+    return "paused", None
+
+
 def release(claim: Claim, reason: str, delay: float) -> Plan[tuple[str, Any]]:
     yield Sql("release_run", (claim.run_id, claim.attempt, reason, delay, False))
     return "released", None

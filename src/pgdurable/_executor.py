@@ -24,7 +24,15 @@ from ._claims import Claim
 from ._context import Record, Released, RunContext, Suspended, _current
 from ._db import call_sql, is_connection_error
 from ._drive import AsyncDriver, SyncDriver
-from ._endings import database_error, fail, finish_cancel, guarded, release, workflow_failed
+from ._endings import (
+    database_error,
+    fail,
+    finish_cancel,
+    guarded,
+    park,
+    release,
+    workflow_failed,
+)
 from ._errors import Cancelled, LeaseLost, SerializationError
 from ._ops import Invoke, Plan, Sql
 
@@ -179,6 +187,8 @@ def execution(
     except Released as rel:
         if rel.lost:
             return "lost", LeaseLost(f"run {claim.run_id}: lease lost")
+        if rel.park:
+            return (yield from guarded(app, claim, conn, park(claim)))
         return (yield from guarded(app, claim, conn, release(claim, rel.reason, 0.0)))
     except asyncio.CancelledError:
         # The run's task was cancelled (its worker's loop is shutting down): hand the run back

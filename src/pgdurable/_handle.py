@@ -180,8 +180,15 @@ class RunHandle(Generic[R]):
         with self.app.pool.connection() as conn:
             return str(call_sql(conn, "cancel_run", (self.run_id,)).fetchone()[0])
 
+    def pause(self) -> str:
+        """Pause the run: at once if it is pending, sleeping or waiting, else at its next durable
+        operation (it then holds no worker). Returns 'paused', 'pausing' or the status of a run
+        that has finished. ``resume()`` goes on from its last checkpoint."""
+        with self.app.pool.connection() as conn:
+            return str(call_sql(conn, "pause_run", (self.run_id,)).fetchone()[0])
+
     def resume(self) -> None:
-        """Restart a failed or cancelled run from its last checkpoint."""
+        """Restart a failed, cancelled or paused run from its last checkpoint."""
         with self.app.pool.connection() as conn:
             call_sql(conn, "resume_run", (self.run_id,))
 
@@ -249,6 +256,13 @@ class RunHandle(Generic[R]):
         refuse_in_workflow("cancel_async")
         async with self.app.async_connection() as conn:
             cur = await aq.call_sql(conn, "cancel_run", (self.run_id,))
+            return str((await cur.fetchone())[0])
+
+    async def pause_async(self) -> str:
+        """``pause()`` for asyncio code."""
+        refuse_in_workflow("pause_async")
+        async with self.app.async_connection() as conn:
+            cur = await aq.call_sql(conn, "pause_run", (self.run_id,))
             return str((await cur.fetchone())[0])
 
     async def resume_async(self) -> None:

@@ -29,13 +29,14 @@ class Held:
     """One run this process holds, from its claim to its hand-over; the heartbeat marks it lost
     (another worker took it over) or cancel-requested, and its executor checks both."""
 
-    __slots__ = ("attempt", "cancel_requested", "lost", "run_id")
+    __slots__ = ("attempt", "cancel_requested", "lost", "pause_requested", "run_id")
 
     def __init__(self, run_id: UUID, attempt: int, cancel_requested: bool = False) -> None:
         self.run_id = run_id
         self.attempt = attempt
         self.lost = False
         self.cancel_requested = cancel_requested
+        self.pause_requested = False
 
 
 class Leases:
@@ -75,7 +76,7 @@ class Leases:
         self._thread = None
 
     def beat(self) -> None:
-        """One heartbeat of all held runs; marks lost and cancel-requested ones."""
+        """One heartbeat of all held runs; marks lost, cancel- and pause-requested ones."""
         with self._lock:
             held = list(self.active.values())
         if not held:
@@ -93,7 +94,7 @@ class Leases:
             self._conn = None
             raise
         by_id = {h.run_id: h for h in held}
-        for run_id, lost, cancel in rows:
+        for run_id, lost, cancel, pause in rows:
             entry = by_id.get(run_id)
             with self._lock:
                 still_here = entry is not None and self.active.get(run_id) is entry
@@ -109,6 +110,8 @@ class Leases:
                 entry.lost = True
             if cancel:
                 entry.cancel_requested = True
+            if pause:
+                entry.pause_requested = True
 
     def _loop(self) -> None:
         interval = self.app.lease / 3

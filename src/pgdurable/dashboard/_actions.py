@@ -1,4 +1,5 @@
-"""Actions on a run: cancel, retry, resume, fork from a step, emit an event, send a message.
+"""Actions on a run: cancel, pause, retry, resume, fork from a step, emit an event, send a
+message.
 
 Each is a GET that shows what will happen (the confirmation) and a POST that does it through
 the engine's SQL function, never an UPDATE. A POST needs the session's CSRF token and, when the
@@ -47,6 +48,14 @@ ACTIONS = {
         "its worker stops it at its next durable operation. Its unfinished children are "
         "cancelled too. Calls pgdurable.cancel_run.",
     ),
+    "pause": Action(
+        "Pause this run",
+        "Yes, pause it",
+        "A pending, sleeping or waiting run is paused at once; a running one is flagged and its "
+        "worker parks it at its next durable operation. A paused run holds no worker and ignores "
+        "its timers until you resume it; it then goes on from its last checkpoint. Calls "
+        "pgdurable.pause_run.",
+    ),
     "retry": Action(
         "Retry this failed run",
         "Yes, retry it",
@@ -56,7 +65,7 @@ ACTIONS = {
     "resume": Action(
         "Resume this run",
         "Yes, resume it",
-        "The failed or cancelled run becomes pending again and goes on from its last "
+        "The failed, cancelled or paused run becomes pending again and goes on from its last "
         "checkpoint. Calls pgdurable.resume_run.",
     ),
     "fork": Action(
@@ -148,6 +157,10 @@ def _execute(
     if action == "cancel":
         outcome = str(store.act("cancel_run", (run_id,)))
         done = outcome if outcome in ("cancelled", "cancelling") else "finished"
+        return run_id, done, outcome
+    if action == "pause":
+        outcome = str(store.act("pause_run", (run_id,)))
+        done = outcome if outcome in ("paused", "pausing") else "finished-pause"
         return run_id, done, outcome
     if action == "retry":
         store.act("retry_run", (run_id,))

@@ -42,9 +42,13 @@ def actions_for(run: dict[str, Any]) -> list[str]:
     found = []
     if status in ACTIVE and not (status == "running" and run["cancel_requested"]):
         found.append("cancel")
+    if status in ("pending", "sleeping", "waiting") or (
+        status == "running" and not run.get("pause_requested")
+    ):
+        found.append("pause")
     if status == "failed":
         found.append("retry")
-    if status in ("failed", "cancelled"):
+    if status in ("failed", "cancelled", "paused"):
         found.append("resume")
     found.append("fork")
     if status in ACTIVE:

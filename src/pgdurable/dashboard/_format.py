@@ -10,9 +10,18 @@ from typing import Any
 from .._decoding import loads
 from .._errors import SerializationError
 
-STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
-ACTIVE = frozenset(STATUSES[:4])
-FINISHED = frozenset(STATUSES[4:])
+STATUSES = (
+    "pending",
+    "running",
+    "sleeping",
+    "waiting",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+)
+ACTIVE = frozenset(STATUSES[:5])
+FINISHED = frozenset(STATUSES[5:])
 
 
 def when(value: datetime | None) -> str:

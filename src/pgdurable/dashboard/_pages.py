@@ -20,6 +20,10 @@ DONE = {
     "cancelling": "Cancel requested: the run is running, and its worker stops it at its next "
     "durable operation.",
     "finished": "The run had already finished: nothing to cancel.",
+    "paused": "Run paused: it holds no worker until you resume it.",
+    "pausing": "Pause requested: the run is running, and its worker parks it at its next durable "
+    "operation.",
+    "finished-pause": "The run had already finished: nothing to pause.",
     "retried": "Retry started: the run is pending again; it replays its checkpoints and runs "
     "the failed step again.",
     "resumed": "Resumed: the run is pending again and goes on from its last checkpoint.",

@@ -104,7 +104,7 @@ limit 1000;
 -- Every field of one run, with its timer; JSON as text (decoded with limits, or shown raw).
 select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.priority, r.attempt,
        r.recoveries, r.max_recoveries, r.disconnects, r.worker_id, r.lease_expires_at,
-       r.heartbeat_at, r.available_at, r.parent_id, r.deadline_at, r.cancel_requested,
+       r.heartbeat_at, r.available_at, r.parent_id, r.deadline_at, r.cancel_requested, r.pause_requested,
        r.wait_for, r.retry_step_key, r.retry_step_attempts, r.note, r.created_at, r.started_at,
        r.updated_at, r.finished_at, t.fire_at as wakes_at, t.reason as wake_reason,
        left(r.input::text, %(max_chars)s) as input, length(r.input::text) as input_chars,
@@ -226,8 +226,12 @@ select workflow_name, queue_name, reason, count(*) as runs, min(created_at) as o
 -- Action: cancel a run and its unfinished children; returns the status after the call.
 select pgdurable.cancel_run(%s);
 
+-- name: pause_run
+-- Action: pause a run (at once, or at its next durable operation); returns the outcome.
+select pgdurable.pause_run(%s);
+
 -- name: resume_run
--- Action: restart a failed or cancelled run from its last checkpoint.
+-- Action: restart a failed, cancelled or paused run from its last checkpoint.
 select pgdurable.resume_run(%s);
 
 -- name: retry_run
