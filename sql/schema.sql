@@ -1057,6 +1057,7 @@ declare
     v_window jsonb := '{}';   -- key -> starts left in the key's rate window
     v_taken jsonb := '{}';    -- key -> runs of the key this claim took
     v_key text;
+    v_fast boolean;
     c record;
 begin
     select * into q from pgdurable.queues where name = p_queue for update;
@@ -1075,71 +1076,94 @@ begin
     if v_budget <= 0 then
         return v_ids;
     end if;
-    -- a bounded look-ahead: runs of keys at their limit are passed over, up to this many
-    v_look := v_budget * 4 + 100;
-    for c in
-        select h.id, h.concurrency_key, h.created_at from (
-            select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
-              from pgdurable.runs r
-             where r.id = p_run and r.status = 'pending'
-            union all
-            select l.id, l.concurrency_key, l.created_at, l.priority, l.available_at
-              from unnest(p_workflows) as w(name)
-             cross join lateral (
+    -- no run of the queue waits under a key (one probe of runs_pending_key_idx): the best
+    -- v_budget runs, read as an unlimited claim reads them; a keyed run started meanwhile is
+    -- left for the next claim. Else (keys, a direct call, an operator's claim) the loop below.
+    v_fast := p_run is null and p_workflows is not null and not exists (
+        select from pgdurable.runs r
+         where r.status = 'pending' and r.queue_name = p_queue and r.concurrency_key is not null);
+    if v_fast then
+        v_ids := array(
+            select h.id from (
+                select l.id, l.priority, l.available_at
+                  from unnest(p_workflows) as w(name)
+                 cross join lateral (
+                    select r.id, r.priority, r.available_at from pgdurable.runs r
+                     where r.status = 'pending' and r.queue_name = p_queue
+                       and r.workflow_name = w.name and r.available_at <= p_now
+                       and r.concurrency_key is null
+                     order by r.priority desc, r.available_at
+                     limit v_budget
+                       for update skip locked) l) h
+             order by h.priority desc, h.available_at
+             limit v_budget);
+    else
+        -- a bounded look-ahead: runs of keys at their limit are passed over, up to this many
+        v_look := v_budget * 4 + 100;
+        for c in
+            select h.id, h.concurrency_key, h.created_at from (
                 select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
                   from pgdurable.runs r
-                 where r.status = 'pending' and r.queue_name = p_queue
-                   and r.workflow_name = w.name and r.available_at <= p_now
-                 order by r.priority desc, r.available_at
-                 limit v_look
-                   for update skip locked) l
-             where p_run is null
-            union all
-            select o.id, o.concurrency_key, o.created_at, o.priority, o.available_at
-              from (select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
+                 where r.id = p_run and r.status = 'pending'
+                union all
+                select l.id, l.concurrency_key, l.created_at, l.priority, l.available_at
+                  from unnest(p_workflows) as w(name)
+                 cross join lateral (
+                    select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
                       from pgdurable.runs r
-                     where p_run is null and p_workflows is null
-                       and r.status = 'pending' and r.queue_name = p_queue
-                       and r.available_at <= p_now
+                     where r.status = 'pending' and r.queue_name = p_queue
+                       and r.workflow_name = w.name and r.available_at <= p_now
                      order by r.priority desc, r.available_at
                      limit v_look
-                       for update skip locked) o
-        ) h
-        order by h.priority desc, h.available_at
-    loop
-        exit when cardinality(v_ids) >= v_budget;
-        v_key := c.concurrency_key;
-        if v_key is not null then
-            if not v_slots ? v_key then
-                select q.key_concurrency - count(*) into v_count from pgdurable.runs r
-                 where r.queue_name = p_queue and r.concurrency_key = v_key and r.status = 'running';
-                v_slots := v_slots || jsonb_build_object(v_key, v_count);
-                if q.key_rate_count is not null then
-                    insert into pgdurable.queue_keys (queue_name, concurrency_key)
-                    values (p_queue, v_key) on conflict do nothing;
-                    select q.key_rate_count - count(*) into v_count
-                      from pgdurable.queue_keys k, unnest(k.recent) t
-                     where k.queue_name = p_queue and k.concurrency_key = v_key
-                       and t > p_now - q.key_rate_period;
-                    v_window := v_window || jsonb_build_object(v_key, v_count);
+                       for update skip locked) l
+                 where p_run is null
+                union all
+                select o.id, o.concurrency_key, o.created_at, o.priority, o.available_at
+                  from (select r.id, r.concurrency_key, r.created_at, r.priority, r.available_at
+                          from pgdurable.runs r
+                         where p_run is null and p_workflows is null
+                           and r.status = 'pending' and r.queue_name = p_queue
+                           and r.available_at <= p_now
+                         order by r.priority desc, r.available_at
+                         limit v_look
+                           for update skip locked) o
+            ) h
+            order by h.priority desc, h.available_at
+        loop
+            exit when cardinality(v_ids) >= v_budget;
+            v_key := c.concurrency_key;
+            if v_key is not null then
+                if not v_slots ? v_key then
+                    select q.key_concurrency - count(*) into v_count from pgdurable.runs r
+                     where r.queue_name = p_queue and r.concurrency_key = v_key and r.status = 'running';
+                    v_slots := v_slots || jsonb_build_object(v_key, v_count);
+                    if q.key_rate_count is not null then
+                        insert into pgdurable.queue_keys (queue_name, concurrency_key)
+                        values (p_queue, v_key) on conflict do nothing;
+                        select q.key_rate_count - count(*) into v_count
+                          from pgdurable.queue_keys k, unnest(k.recent) t
+                         where k.queue_name = p_queue and k.concurrency_key = v_key
+                           and t > p_now - q.key_rate_period;
+                        v_window := v_window || jsonb_build_object(v_key, v_count);
+                    end if;
                 end if;
+                continue when (v_slots ->> v_key)::integer <= 0
+                           or coalesce((v_window ->> v_key)::integer, 1) <= 0;
+                -- FIFO within the key: no older pending run of the key may be passed over
+                continue when q.key_fifo and exists (
+                    select from pgdurable.runs r
+                     where r.queue_name = p_queue and r.concurrency_key = v_key
+                       and r.status = 'pending' and r.created_at < c.created_at
+                       and r.id <> all(v_ids));
+                v_slots := v_slots || jsonb_build_object(v_key, (v_slots ->> v_key)::integer - 1);
+                if v_window ? v_key then
+                    v_window := v_window || jsonb_build_object(v_key, (v_window ->> v_key)::integer - 1);
+                end if;
+                v_taken := v_taken || jsonb_build_object(v_key, coalesce((v_taken ->> v_key)::integer, 0) + 1);
             end if;
-            continue when (v_slots ->> v_key)::integer <= 0
-                       or coalesce((v_window ->> v_key)::integer, 1) <= 0;
-            -- FIFO within the key: no older pending run of the key may be passed over
-            continue when q.key_fifo and exists (
-                select from pgdurable.runs r
-                 where r.queue_name = p_queue and r.concurrency_key = v_key
-                   and r.status = 'pending' and r.created_at < c.created_at
-                   and r.id <> all(v_ids));
-            v_slots := v_slots || jsonb_build_object(v_key, (v_slots ->> v_key)::integer - 1);
-            if v_window ? v_key then
-                v_window := v_window || jsonb_build_object(v_key, (v_window ->> v_key)::integer - 1);
-            end if;
-            v_taken := v_taken || jsonb_build_object(v_key, coalesce((v_taken ->> v_key)::integer, 0) + 1);
-        end if;
-        v_ids := v_ids || c.id;
-    end loop;
+            v_ids := v_ids || c.id;
+        end loop;
+    end if;
     if cardinality(v_ids) > 0 and q.rate_count is not null then
         update pgdurable.queues
            set recent = v_recent || array_fill(p_now, array[cardinality(v_ids)])
