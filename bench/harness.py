@@ -31,7 +31,20 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 # A1000 runs last: it shifts the engine clock of the bench database.
-WORKLOADS = ("W1", "W1A", "W2", "W3", "W4", "WAKE", "SCALE", "MEM", "IMPORT", "A1000")
+WORKLOADS = (
+    "W1",
+    "W1A",
+    "W2",
+    "W2L",
+    "W3",
+    "W4",
+    "WAKE",
+    "SCALE",
+    "CL",
+    "MEM",
+    "IMPORT",
+    "A1000",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,12 @@ class Sizes:
     a_parked: int
     a_active: int
     a_steps: int
+    cl_finished: int
+    cl_pending: int
+    cl_claims: int
+    cl_explain: int
+    cl_running: int
+    w2l_rounds: int
 
 
 FULL = Sizes(
@@ -79,6 +98,12 @@ FULL = Sizes(
     a_parked=1000,
     a_active=100,
     a_steps=100,
+    cl_finished=1_000_000,
+    cl_pending=100_000,
+    cl_claims=2000,
+    cl_explain=20,
+    cl_running=1000,
+    w2l_rounds=2,
 )
 SMOKE = Sizes(
     floor_ops=50,
@@ -101,6 +126,12 @@ SMOKE = Sizes(
     a_parked=40,
     a_active=10,
     a_steps=10,
+    cl_finished=10_000,
+    cl_pending=2000,
+    cl_claims=100,
+    cl_explain=3,
+    cl_running=100,
+    w2l_rounds=1,
 )
 
 
@@ -441,6 +472,16 @@ class Bench:
             ratio=(1e6 / (3 * wfs)) / fl,
             ratio_to="insert_commit (us per step)",
         )
+
+    def run_w2l(self) -> None:
+        from bench.flow_bench import run_w2l
+
+        run_w2l(self)
+
+    def run_cl(self) -> None:
+        from bench.flow_bench import run_cl
+
+        run_cl(self)
 
     def run_w3(self) -> None:
         s = self.sizes
@@ -836,6 +877,9 @@ def chart(report: Report, path: Path) -> None:
         ):
             label = row["figure"].replace("claim_complete_", "claim ").replace("finished_", "fin ")
             cost.append((label.replace("+", "\n+"), row["ratio"], 1.2))
+    cl = report.get("CL", "claim_limited_p50")
+    if cl and cl["ratio"] is not None:
+        cost.append(("claim limited\n/ unconfigured", cl["ratio"], 1.2))
     mem = report.get("MEM", "rss_after_all")
     if mem and mem["ratio"] is not None:
         cost.append(("worker RSS\nafter all / 10%", mem["ratio"], 1.1))
@@ -942,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
                 "W1": bench.run_w1,
                 "W1A": bench.run_w1a,
                 "W2": bench.run_w2,
+                "W2L": bench.run_w2l,
+                "CL": bench.run_cl,
                 "W3": bench.run_w3,
                 "W4": bench.run_w4,
                 "WAKE": bench.run_wake,

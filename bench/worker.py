@@ -4,6 +4,8 @@ With ``--async-concurrency N`` it runs the async workflows (``bench.apps.build_a
 async lane instead, up to N at once (on ``--async-connections``, default the Worker's);
 SIGUSR1 then releases the runs held in a step (A1000).
 ``--application-name`` tags every connection of the process, so the harness can count them.
+``--queue-concurrency N`` declares each of its queues with ``app.queue(name, concurrency=N)``,
+which the worker writes to the database when it starts (W2L).
 
 Runs until SIGTERM (graceful stop). Prints ``ready`` once it is claiming.
 """
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--async-concurrency", type=int, default=None)
     parser.add_argument("--async-connections", type=int, default=None)
     parser.add_argument("--application-name", default=None)
+    parser.add_argument("--queue-concurrency", type=int, default=None)
     args = parser.parse_args()
     dsn = args.dsn
     if args.application_name:
@@ -34,6 +37,9 @@ def main() -> None:
     queues = args.queues.split(",")
     if args.async_concurrency is None:
         app = build(dsn).app
+        if args.queue_concurrency is not None:
+            for queue in queues:
+                app.queue(queue, concurrency=args.queue_concurrency)
         worker = app.worker(concurrency=args.concurrency, queues=queues)
     else:
         app = build_async(dsn).app

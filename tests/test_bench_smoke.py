@@ -27,6 +27,11 @@ EXPECTED = {
     ("W1A", "noop_step_inline"),
     ("W2", "workflows_per_s"),
     ("W2", "steps_per_s"),
+    ("W2L", "workflows_per_s_unconfigured"),
+    ("W2L", "workflows_per_s_limit_1000"),
+    ("W2L", "us_per_workflow_limit_1000"),
+    ("W2L", "workflows_per_s_limit_4"),
+    ("W2L", "max_running_limit_4"),
     ("W3", "transaction_step"),
     ("W4", "single_starts_per_s"),
     ("W4", "batched_starts_per_s"),
@@ -34,6 +39,14 @@ EXPECTED = {
     ("WAKE", "start_to_first_step_p99"),
     ("WAKE", "event_to_next_step_p50"),
     ("SCALE", "claim_complete_finished_0"),
+    ("CL", "claim_free_p50"),
+    ("CL", "claim_limited_p50"),
+    ("CL", "claim_free_p95"),
+    ("CL", "claim_limited_p95"),
+    ("CL", "buffers_free"),
+    ("CL", "buffers_limited"),
+    ("CL", "claim_free_p50_running_100"),
+    ("CL", "claim_limited_p50_running_100"),
     ("MEM", "rss_idle"),
     ("MEM", "rss_after_all"),
     ("IMPORT", "import_pgdurable"),
@@ -82,6 +95,23 @@ def test_bench_smoke_prints_every_figure(server_dsn: str, tmp_path: Any) -> None
     for figure in ("parked_complete_s", "held_complete_s"):
         row = figures[("A1000", figure)]
         assert row["verified"] == row["runs"] > 0, row
+    # Every claim of the claim-latency workload took a run, on both paths, out of the history
+    # it was meant to run against; the limited path read its pending runs from runs_claim_idx.
+    for figure in ("claim_free_p50", "claim_limited_p50"):
+        row = figures[("CL", figure)]
+        assert row["claims_with_a_run"] == row["claims"] == 100, row
+        assert row["finished"] == 10_000 and row["pending_per_queue"] == 2000, row
+    for figure in ("claim_free_p50_running_100", "claim_limited_p50_running_100"):
+        row = figures[("CL", figure)]
+        assert row["claims_with_a_run"] == row["claims"] == 50, row
+    limited_plan = figures[("CL", "buffers_limited")]
+    assert limited_plan["on_claim_idx"] is True, limited_plan
+    assert "runs_claim_idx" in limited_plan["candidate_plan"], limited_plan
+    assert "Seq Scan on runs" not in limited_plan["candidate_plan"], limited_plan
+    # W2 on a queue limited to 4 (2 workers x 4 slots): the limit bound and was never exceeded.
+    bound = figures[("W2L", "max_running_limit_4")]
+    assert bound["met"] is True and 1 <= bound["value"] <= 4, bound
+    assert bound["samples"] > 10 and bound["slots"] > 4, bound
     # The async lane's pool, not one connection per run: bounded whatever the parked count.
     held = figures[("A1000", "connections_held")]
     assert held["value"] < held["async_concurrency"], held
