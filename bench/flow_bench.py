@@ -181,8 +181,8 @@ def _nested_plans(dsn: str, warm: int) -> dict[str, list[str]] | str:
 
 def _candidate_plan(plans: list[str], marker: str) -> str:
     """The nested statement whose query text has ``marker``: the query that reads the pending
-    runs in claim order (``limit v_look`` in _limited_claim, ``with picked as`` on the free
-    path)."""
+    runs in claim order (in _limited_claim the keyless path's ``concurrency_key is null`` query
+    or the look-ahead's ``limit v_look``; ``with picked as`` on the free path)."""
     return next((p for p in plans if marker in p), "")
 
 
@@ -297,7 +297,13 @@ def run_cl(bench: Bench) -> None:
         ratio=p95["limited"] / p95["free"],
         ratio_to="claim_free_p95",
     )
-    candidate = _candidate_plan(plans["limited"], "v_look") if isinstance(plans, dict) else ""
+    # the keyless path's query (no keyed run pending: the bench's case), else the look-ahead
+    candidate = (
+        _candidate_plan(plans["limited"], "concurrency_key is null")
+        or _candidate_plan(plans["limited"], "v_look")
+        if isinstance(plans, dict)
+        else ""
+    )
     free_candidate = _candidate_plan(plans["free"], "picked") if isinstance(plans, dict) else ""
     scans = _scans(candidate)
     for q, b in (("free", bufs["free"]), ("limited", bufs["limited"])):
