@@ -6,13 +6,16 @@ The documented example (docs/testing.md) runs with a week-long sleep under a 30 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from importlib.metadata import entry_points
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+import pgdurable
 from conftest import ROOT
+from pgdurable.testing import DurableClock, DurableWorker
 
 pytest_plugins = ["pytester"]
 
@@ -268,3 +271,22 @@ def test_an_unreachable_server_is_an_error_never_a_skip(
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*cannot reach the test PostgreSQL*PGDURABLE_TEST_DSN*"])
+
+
+def test_the_durable_worker_and_clock_run_async_workflows(app: pgdurable.App) -> None:
+    """The kit's worker is an App worker: async workflows run on its async lane, and a week's
+    durable sleep passes with durable_clock.advance()."""
+
+    @app.workflow(name="kit.async_week")
+    async def week() -> str:
+        await pgdurable.sleep_async(timedelta(days=7))
+        return "a week later"
+
+    worker = DurableWorker(app).start()
+    try:
+        handle = week.start()
+        DurableClock(app.dsn, [worker]).advance(days=7)
+        worker.drain()
+        assert handle.result(timeout=10) == "a week later"
+    finally:
+        worker.stop()
