@@ -92,6 +92,11 @@ select pgdurable.register_worker(%s, %s, %s);
 -- Set a queue's flow control (App.queue(), applied by each worker at start; the CLI).
 select pgdurable.configure_queue(%s, %s, %s, %s, %s, %s, %s, %s);
 
+-- name: exit_timeouts
+-- A stopping worker's last statements give up rather than wait (locks, a busy server).
+select pg_catalog.set_config('lock_timeout', '2s', false),
+       pg_catalog.set_config('statement_timeout', '5s', false);
+
 -- name: unregister_worker
 -- Forget a worker that stops cleanly.
 select pgdurable.unregister_worker(%s);

@@ -224,6 +224,8 @@ class Worker:
         # stopping worker must exit promptly.
         try:
             with psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=2) as conn:
+                # never wait on a lock at exit: the registry forgets a silent worker anyway
+                conn.execute(Q["exit_timeouts"])
                 call_sql(conn, "unregister_worker", (self.app.worker_id,))
         except Exception as exc:  # best effort: the registry forgets silent workers anyway
             log.info("could not unregister worker %s: %s", self.app.worker_id, exc)
