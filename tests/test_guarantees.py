@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -148,7 +149,13 @@ def test_zombie_resumed_after_a_takeover_cannot_checkpoint_complete_or_hand_back
         zombie.send_signal(signal.SIGCONT)
         zombie.send_signal(signal.SIGTERM)
         (gates / "1").touch()
-        assert zombie.wait(30) == 0, "the zombie's rejected writes made its process fail"
+        try:
+            exit_code = zombie.wait(30)
+        except subprocess.TimeoutExpired:
+            zombie.send_signal(signal.SIGUSR2)  # its threads' stacks into its log, for the report
+            time.sleep(1)
+            raise
+        assert exit_code == 0, "the zombie's rejected writes made its process fail"
         # It really went on: each of its runs got past the gate to its next write.
         assert noted(dsn, "resumed", attempt=1, pid=zombie.pid) == set(handles)
         assert "g.handback" in noted(dsn, "failed", attempt=1, pid=zombie.pid)

@@ -5,13 +5,17 @@ The app module must define ``build(dsn) -> pgdurable.App``; the DSN comes from $
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import logging
 import os
+import signal
 import sys
 
 
 def main(argv: list[str]) -> None:
+    # A test that finds this process hung sends SIGUSR2: every thread's stack goes to the log.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
