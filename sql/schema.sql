@@ -267,6 +267,8 @@ create table if not exists pgdurable.messages (
 create index if not exists messages_unconsumed_idx
     on pgdurable.messages (run_id, topic, id)
     where consumed_at is null;
+-- A run's messages, consumed or not: what deleting a run (gc, retention) looks up.
+create index if not exists messages_run_idx on pgdurable.messages (run_id);
 
 -- Durable streams: the values a run appends under stream_key, offset seq = 0, 1, 2 ... A last
 -- row with closed = true (and no value) ends the stream. origin names the durable operation
@@ -2074,6 +2076,7 @@ as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_default interval;
+    v_shortest interval;
     v_ids uuid[];
 begin
     if p_limit is null or p_limit < 1 then
@@ -2083,11 +2086,17 @@ begin
         return 0;
     end if;
     select s.retention into v_default from pgdurable.settings s where s.id;
+    -- the shortest keep of any rule: runs that finished later are all kept, and the index on
+    -- finished_at stops the scan there instead of reading the history that is kept
+    v_shortest := least(v_default, (select min(r.keep) from pgdurable.retention r));
+    if v_shortest is null then
+        return 0;  -- every run is kept forever
+    end if;
     select array_agg(x.id) into v_ids from (
         select r.id from pgdurable.runs r
           left join pgdurable.retention w on w.kind = 'workflow' and w.name = r.workflow_name
           left join pgdurable.retention q on q.kind = 'queue' and q.name = r.queue_name
-         where r.finished_at is not null
+         where r.finished_at < v_now - v_shortest
            and r.status in ('completed', 'failed', 'cancelled')
            and r.finished_at < v_now - case when w.name is not null then w.keep
                                             when q.name is not null then q.keep

@@ -111,3 +111,6 @@ create table if not exists pgdurable.retention (
     constraint retention_kind_check check (kind in ('workflow', 'queue')),
     constraint retention_keep_check check (keep is null or keep >= interval '0')
 );
+
+-- deleting a run's messages (gc_runs, purge_expired) looked up every consumed message
+create index if not exists messages_run_idx on pgdurable.messages (run_id);
