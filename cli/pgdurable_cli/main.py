@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from datetime import timedelta
 from typing import Any
@@ -173,6 +174,13 @@ def worker(
     mistake is refused, never called). On the first signal the worker stops claiming and hands
     its current runs back at their next durable operation; a second signal exits at once.
     """
+    # A SIGTERM or SIGINT during start-up (importing the app, checking the schema) ends the
+    # command cleanly, exit 0, instead of killing it: the worker takes over the signals in run().
+    early: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda received, _frame: early.append(received))
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     configure_logging(log_level, log_format)
     log = logging.getLogger("pgdurable.worker")
     app = load_app(app_spec)
@@ -216,6 +224,11 @@ def worker(
             ", ".join(sorted(app.workflows)) or "none",
         )
         with errors(url):
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if early:
+                log.info("stopped by signal %s before the worker started", early[0])
+                return
             runner.run()
     finally:
         app.close()

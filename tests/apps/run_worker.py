@@ -16,6 +16,10 @@ import sys
 def main(argv: list[str]) -> None:
     # A test that finds this process hung sends SIGUSR2: every thread's stack goes to the log.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+    # A SIGTERM that arrives while the app is still being imported stops the worker cleanly
+    # (exit 0) instead of killing the process; the worker installs its own handler in run().
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -25,7 +29,9 @@ def main(argv: list[str]) -> None:
     concurrency = int(argv[1]) if len(argv) > 1 else 2
     app = module.build(os.environ["PGDURABLE_DSN"])
     try:
-        app.worker(concurrency=concurrency, poll_interval=0.05).run()
+        worker = app.worker(concurrency=concurrency, poll_interval=0.05)
+        if not early:
+            worker.run()
     finally:
         app.close()
 
