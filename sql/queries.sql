@@ -66,13 +66,13 @@ select id from pgdurable.start_runs(%s, %s::jsonb[], %s, %s::text[]) as id;
 -- name: claim_runs
 -- Claim up to N runnable runs of the given queues and workflows; JSON as text, decoded per run.
 select id, workflow_id, workflow_name, queue_name, input::text, attempt, deadline_at,
-       retry_step_key, retry_step_attempts, has_history, cancel_requested
+       retry_step_key, retry_step_attempts, has_history, cancel_requested, trace_context::text
   from pgdurable.claim_runs(%s, %s, %s, %s, %s);
 
 -- name: claim_run
 -- Claim one given run for in-process execution.
 select id, workflow_id, workflow_name, queue_name, input::text, attempt, deadline_at,
-       retry_step_key, retry_step_attempts, has_history, cancel_requested
+       retry_step_key, retry_step_attempts, has_history, cancel_requested, trace_context::text
   from pgdurable.claim_run(%s, %s, %s);
 
 -- name: load_history

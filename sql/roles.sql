@@ -24,7 +24,7 @@ declare
     v_saved_path text := pg_catalog.current_setting('search_path');
     -- what each role may execute (each list adds to the one before)
     v_client_calls text[] := array['pause_run', 'start_run', 'start_runs', 'cancel_run', 'emit_event',
-                                   'send_message', 'read_stream', 'now'];
+                                   'send_message', 'read_stream', 'now', 'record_action'];
     v_worker_calls text[] := array['claim_runs', 'claim_run', 'record_checkpoint',
                                    'complete_run', 'fail_run', 'finish_cancel', 'schedule_retry',
                                    'sleep_run', 'release_run', 'heartbeat', 'wait_event',
@@ -42,7 +42,7 @@ declare
                                    'workflows', 'workers', 'settings', 'schema_version',
                                    'run_overview', 'unserved_runs', 'queues', 'queue_overview',
                                    'schedules', 'retention'];
-    v_admin_reads text[] := array['messages', 'clock', 'queue_keys'];
+    v_admin_reads text[] := array['messages', 'clock', 'queue_keys', 'audit_log'];
     v_roles text[] := array['pgdurable_client', 'pgdurable_worker', 'pgdurable_admin'];
     v_may_create boolean;
     v_missing text[] := '{}';

@@ -1,4 +1,4 @@
--- pgdurable schema, version 4. Durable execution on PostgreSQL alone.
+-- pgdurable schema, version 5. Durable execution on PostgreSQL alone.
 --
 -- Tables (schema pgdurable):
 --   runs            one row per workflow run: identity, input/output/error, status, lease, timing
@@ -13,6 +13,7 @@
 --   queue_keys      the rate window of each concurrency key of a queue with a per-key rate
 --   schedules       cron workflows: cron, time zone, input, policies, next and last tick
 --   retention       how long finished runs of a workflow or queue are kept
+--   audit_log       who did what, from the dashboard or the CLI (record_action)
 --   settings        one row: limits on JSON written through SQL, the clock-shift switch, the
 --                   default retention
 --   clock           one row: the offset added to now() (tests shift time instead of sleeping)
@@ -117,6 +118,9 @@ create table if not exists pgdurable.runs (
     debounce_until         timestamptz,
     -- pause_run on a running run: its worker parks it ('paused') at its next durable operation
     pause_requested        boolean not null default false,
+    -- the W3C trace context ({"traceparent", "tracestate"}) of the code that started the run:
+    -- each attempt's span continues that trace, on whichever worker, however much later
+    trace_context          jsonb,
     constraint runs_workflow_id_key unique (workflow_id),
     constraint runs_status_check check (status in
         ('pending', 'running', 'sleeping', 'waiting', 'paused', 'completed', 'failed',
@@ -325,6 +329,23 @@ create table if not exists pgdurable.retention (
     constraint retention_kind_check check (kind in ('workflow', 'queue')),
     constraint retention_keep_check check (keep is null or keep >= interval '0')
 );
+
+-- Who did what, from the dashboard or the CLI: one row per action taken (record_action).
+-- Kept until deleted: retention and gc never touch it.
+create table if not exists pgdurable.audit_log (
+    id       bigint generated always as identity primary key,
+    at       timestamptz not null,
+    actor    text not null,
+    action   text not null,
+    run_id   uuid,
+    target   text,
+    detail   jsonb,
+    constraint audit_log_actor_check check (length(actor) between 1 and 200),
+    constraint audit_log_action_check check (action ~ '^[a-z_]{1,50}$')
+);
+create index if not exists audit_log_run_idx on pgdurable.audit_log (run_id, at)
+    where run_id is not null;
+create index if not exists audit_log_at_idx on pgdurable.audit_log (at);
 
 -- Engine time. Every function below reads the clock through this, so tests can shift it.
 -- PL/pgSQL on purpose: a SQL function with a sub-select is never inlined, so it was planned
@@ -558,11 +579,12 @@ begin
     select string_agg(k, ', ') into v_bad from jsonb_object_keys(p_options) k
         where k not in ('workflow_id', 'queue', 'priority', 'delay', 'on_conflict', 'parent_id',
                         'max_recoveries', 'timeout', 'require_registered', 'concurrency_key',
-                        'dedup_key', 'debounce', 'debounce_key', 'debounce_max_wait');
+                        'dedup_key', 'debounce', 'debounce_key', 'debounce_max_wait',
+                        'trace_context');
     if v_bad is not null then
         raise exception 'unknown start option(s): %', v_bad
             using errcode = 'PD004',
-                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait';
+                  hint = 'valid options: workflow_id, queue, priority, delay, on_conflict, parent_id, max_recoveries, timeout, require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait, trace_context';
     end if;
     if (p_options ? 'debounce') <> (p_options ? 'debounce_key')
        or p_options ? 'debounce_max_wait' and not p_options ? 'debounce'
@@ -581,6 +603,14 @@ begin
             using errcode = 'PD004',
                   hint = 'concurrency_key and dedup_key are strings of 1 to 500 characters';
     end if;
+    if p_options ? 'trace_context'
+       and (jsonb_typeof(p_options -> 'trace_context') <> 'object'
+            or length((p_options -> 'trace_context')::text) > 2000) then
+        raise exception 'invalid trace_context %', left((p_options -> 'trace_context')::text, 200)
+            using errcode = 'PD004',
+                  hint = 'trace_context is a JSON object of W3C trace headers (traceparent, tracestate), at most 2000 characters';
+    end if;
+    v.trace_context := p_options -> 'trace_context';
     -- no queue given: the queue the workflow's workers registered, else 'default'
     v.queue_name := p_options ->> 'queue';
     if v.queue_name is null then
@@ -706,7 +736,8 @@ end $$;
 -- transaction (the run exists only if it commits). Idempotent on workflow_id. Returns the run id.
 -- p_input: {"args": [...], "kwargs": {...}}. p_options keys: workflow_id, queue, priority,
 -- delay (seconds), on_conflict ('return' | 'raise'), parent_id, max_recoveries, timeout (seconds),
--- require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait.
+-- require_registered, concurrency_key, dedup_key, debounce, debounce_key, debounce_max_wait,
+-- trace_context (W3C headers of the starter's span, {"traceparent": ..., "tracestate": ...}).
 create or replace function pgdurable.start_run(
     p_workflow_name text,
     p_input jsonb default '{"args": [], "kwargs": {}}',
@@ -746,10 +777,10 @@ begin
     insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, priority, input,
                                 max_recoveries, available_at, parent_id, deadline_at, note,
                                 created_at, updated_at, concurrency_key, dedup_key,
-                                debounce_key, debounce_until)
+                                debounce_key, debounce_until, trace_context)
     values (v_id, v_key, p_workflow_name, v.queue_name, 'pending', v.priority, p_input,
             v.max_recoveries, v.available_at, v.parent_id, v.deadline_at, v.note, v_now, v_now,
-            v.concurrency_key, v.dedup_key, v.debounce_key, v.debounce_until)
+            v.concurrency_key, v.dedup_key, v.debounce_key, v.debounce_until, v.trace_context)
     on conflict do nothing;
 
     if found then
@@ -842,10 +873,10 @@ begin
             insert into pgdurable.runs as r (id, workflow_id, workflow_name, queue_name, status,
                                              priority, input, max_recoveries, available_at,
                                              parent_id, deadline_at, note, created_at, updated_at,
-                                             concurrency_key)
+                                             concurrency_key, trace_context)
             select items.run_id, items.workflow_id, p_workflow_name, v.queue_name, 'pending',
                    v.priority, items.input, v.max_recoveries, v.available_at, v.parent_id,
-                   v.deadline_at, v.note, v_now, v_now, v.concurrency_key
+                   v.deadline_at, v.note, v_now, v_now, v.concurrency_key, v.trace_context
               from items order by items.n
             on conflict do nothing
             returning r.id, r.workflow_id
@@ -1013,7 +1044,8 @@ create or replace function pgdurable._take_runs(
     p_ids uuid[], p_worker_id text, p_lease double precision, p_now timestamptz
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean,
+                 trace_context jsonb)
 language sql
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
@@ -1032,7 +1064,7 @@ as $$
     select c.id, c.workflow_id, c.workflow_name, c.queue_name, c.input, c.attempt, c.deadline_at,
            c.retry_step_key, c.retry_step_attempts,
            exists (select from pgdurable.checkpoints k where k.run_id = c.id),
-           c.cancel_requested
+           c.cancel_requested, c.trace_context
       from claimed c
 $$;
 
@@ -1193,7 +1225,8 @@ create or replace function pgdurable.claim_runs(
     p_workflows text[] default null
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean,
+                 trace_context jsonb)
 language plpgsql security definer
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
@@ -1273,7 +1306,8 @@ create or replace function pgdurable.claim_run(
     p_lease double precision default 30
 ) returns table (id uuid, workflow_id text, workflow_name text, queue_name text, input jsonb,
                  attempt integer, deadline_at timestamptz, retry_step_key text,
-                 retry_step_attempts integer, has_history boolean, cancel_requested boolean)
+                 retry_step_attempts integer, has_history boolean, cancel_requested boolean,
+                 trace_context jsonb)
 language plpgsql security definer
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
@@ -2588,4 +2622,31 @@ create or replace view pgdurable.queue_overview as
       from (select *, name as queue_name from pgdurable.queues) q
       full join counts c on c.queue_name = q.name;
 
-insert into pgdurable.schema_version (version) values (4) on conflict do nothing;
+-- Called by the dashboard and the CLI, in the transaction of the action they take: records who
+-- did it. p_action is a lower-case verb (cancel, retry, pause_queue, ...); p_run_id the run it
+-- acted on, p_target a queue, schedule or event name otherwise. Returns the entry's id.
+create or replace function pgdurable.record_action(
+    p_actor text, p_action text, p_run_id uuid default null, p_target text default null,
+    p_detail jsonb default null
+) returns bigint
+language plpgsql security definer
+set search_path = pg_catalog, pgdurable, pg_temp
+as $$
+declare
+    v_id bigint;
+begin
+    if p_actor is null or length(p_actor) not between 1 and 200 then
+        raise exception 'record_action: actor must be 1 to 200 characters'
+            using errcode = 'PD003', hint = 'name who acted, e.g. the dashboard user or os user';
+    end if;
+    if p_action is null or p_action !~ '^[a-z_]{1,50}$' then
+        raise exception 'record_action: invalid action %', quote_literal(p_action)
+            using errcode = 'PD003', hint = 'actions are lower-case words joined by _, e.g. retry';
+    end if;
+    insert into pgdurable.audit_log (at, actor, action, run_id, target, detail)
+    values (pgdurable.now(), p_actor, p_action, p_run_id, left(p_target, 500), p_detail)
+    returning id into v_id;
+    return v_id;
+end $$;
+
+insert into pgdurable.schema_version (version) values (5) on conflict do nothing;

@@ -50,6 +50,7 @@ CLIENT_CALLS = {
     "read_stream",
     "now",
     "pause_run",
+    "record_action",
 }
 WORKER_CALLS = CLIENT_CALLS | {
     "claim_runs",
@@ -114,7 +115,7 @@ CLIENT_READS = {
     "retention",
 }
 READS = {"pgdurable_client": CLIENT_READS, "pgdurable_worker": CLIENT_READS}
-READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock", "queue_keys"}
+READS["pgdurable_admin"] = CLIENT_READS | {"messages", "clock", "queue_keys", "audit_log"}
 
 
 def run_cli(*args: str) -> Result:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdurable.schema")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SEARCH_PATH = "pg_catalog, pgdurable, pg_temp"
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
