@@ -747,12 +747,51 @@ language plpgsql security definer
 set search_path = pg_catalog, pgdurable, pg_temp
 as $$
 declare
-    v_now timestamptz := pgdurable.now();
+    -- pgdurable.now(), inlined: a call of it costs more than the rest of a common start
+    v_now timestamptz := now() + (select c.offset_interval from pgdurable.clock c where c.id);
     v pgdurable.runs%rowtype;
     v_id uuid;
     v_key text;
     v_existing pgdurable.runs%rowtype;
+    v_queue text := p_options ->> 'queue';
+    v_recoveries text := p_options ->> 'max_recoveries';
 begin
+    -- The common start (what the SDK sends when no option is set: the queue and the recovery
+    -- cap, perhaps a workflow_id): checks that cost no lookup, then one INSERT. Anything else,
+    -- or anything these checks doubt, takes the full path below, which explains what is wrong.
+    if p_options - 'queue' - 'max_recoveries' - 'workflow_id' = '{}'::jsonb
+       and v_queue ~ '^[A-Za-z0-9_.:-]{1,100}$'
+       and v_recoveries ~ '^[0-9]{1,9}$'
+       and p_workflow_name ~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$'
+       and jsonb_typeof(p_input) = 'object' and p_input - 'args' - 'kwargs' = '{}'::jsonb
+       and jsonb_typeof(coalesce(p_input -> 'args', '[]')) = 'array'
+       and jsonb_typeof(coalesce(p_input -> 'kwargs', '{}')) = 'object' then
+        if pg_column_size(p_input) > 200 then
+            perform pgdurable._check_json(p_input, format('input of workflow %s', p_workflow_name));
+        end if;
+        if p_options ? 'workflow_id' then
+            select i.run_id, i.workflow_id into v_id, v_key
+              from pgdurable._start_identity(p_options ->> 'workflow_id') i;
+        else
+            v_id := gen_random_uuid();
+            v_key := v_id::text;
+        end if;
+        insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, input,
+                                    max_recoveries, available_at, note, created_at, updated_at)
+        values (v_id, v_key, p_workflow_name, v_queue, 'pending', p_input,
+                v_recoveries::integer, v_now,
+                case when not exists (select from pgdurable.workflows w
+                                       where w.name = p_workflow_name)
+                     then format('no worker has registered workflow %s yet', p_workflow_name) end,
+                v_now, v_now)
+        on conflict do nothing;
+        if not found then
+            return pgdurable._existing_run(p_workflow_name, v_key, p_options);
+        end if;
+        perform pg_notify('pgdurable_wake', v_queue);
+        return v_id;
+    end if;
+
     v := pgdurable._start_settings(p_workflow_name, p_options, v_now);
     perform pgdurable._check_input(p_input, format('workflow %s', p_workflow_name));
     select i.run_id, i.workflow_id into v_id, v_key
@@ -862,32 +901,71 @@ begin
         return;
     end if;
     v := pgdurable._start_settings(p_workflow_name, p_options, v_now);
+    -- every input checked before anything is written; only those the cheap shape test doubts
+    -- or that are large enough to need the limits take _check_input (which says what is wrong)
     perform pgdurable._check_input(t.input, format('workflow %s (start %s)', p_workflow_name, t.n))
-       from unnest(p_inputs) with ordinality as t(input, n);
-    return query
-        with items as (
-            select t.n, t.input, k.run_id, k.workflow_id
-              from unnest(p_inputs, p_workflow_ids) with ordinality as t(input, key, n)
-             cross join lateral pgdurable._start_identity(t.key) k
-        ), inserted as (
-            insert into pgdurable.runs as r (id, workflow_id, workflow_name, queue_name, status,
-                                             priority, input, max_recoveries, available_at,
-                                             parent_id, deadline_at, note, created_at, updated_at,
-                                             concurrency_key, trace_context)
-            select items.run_id, items.workflow_id, p_workflow_name, v.queue_name, 'pending',
-                   v.priority, items.input, v.max_recoveries, v.available_at, v.parent_id,
-                   v.deadline_at, v.note, v_now, v_now, v.concurrency_key, v.trace_context
-              from items order by items.n
-            on conflict do nothing
-            returning r.id, r.workflow_id
-        )
-        select coalesce(mine.id, twin.id,
-                        pgdurable._existing_run(p_workflow_name, items.workflow_id, p_options))
-          from items
-          left join inserted mine on mine.id = items.run_id
-          -- the same workflow_id twice in one batch: the first start's run
-          left join inserted twin on twin.workflow_id = items.workflow_id
-         order by items.n;
+       from unnest(p_inputs) with ordinality as t(input, n)
+      where not coalesce(jsonb_typeof(t.input) = 'object'
+                         and t.input - 'args' - 'kwargs' = '{}'::jsonb
+                         and jsonb_typeof(coalesce(t.input -> 'args', '[]')) = 'array'
+                         and jsonb_typeof(coalesce(t.input -> 'kwargs', '{}')) = 'object'
+                         and pg_column_size(t.input) <= 200, false);
+    if p_workflow_ids is null then
+        -- fresh ids: nothing to conflict with, so one INSERT and the ids in input order
+        return query
+            with items as materialized (
+                select t.n, t.input, gen_random_uuid() as run_id
+                  from unnest(p_inputs) with ordinality as t(input, n)
+            ), inserted as (
+                insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status,
+                                            priority, input, max_recoveries, available_at,
+                                            parent_id, deadline_at, note, created_at,
+                                            updated_at, concurrency_key, trace_context)
+                select items.run_id, items.run_id::text, p_workflow_name, v.queue_name,
+                       'pending', v.priority, items.input, v.max_recoveries, v.available_at,
+                       v.parent_id, v.deadline_at, v.note, v_now, v_now, v.concurrency_key,
+                       v.trace_context
+                  from items order by items.n
+            )
+            select items.run_id from items order by items.n;
+    else
+        if exists (select from unnest(p_workflow_ids) k where k = '' or length(k) > 500) then
+            raise exception 'workflow_id must be 1 to 500 characters' using errcode = 'PD004';
+        end if;
+        -- _start_identity, set-based: a uuid-shaped workflow_id is the run id
+        return query
+            with keyed as (
+                select t.n, t.input,
+                       case when t.key ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                            then lower(t.key)::uuid else gen_random_uuid() end as run_id,
+                       case when t.key ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                            then lower(t.key) else t.key end as key
+                  from unnest(p_inputs, p_workflow_ids) with ordinality as t(input, key, n)
+            ), items as materialized (
+                select keyed.n, keyed.input, keyed.run_id,
+                       coalesce(keyed.key, keyed.run_id::text) as workflow_id
+                  from keyed
+            ), inserted as (
+                insert into pgdurable.runs as r (id, workflow_id, workflow_name, queue_name,
+                                                 status, priority, input, max_recoveries,
+                                                 available_at, parent_id, deadline_at, note,
+                                                 created_at, updated_at, concurrency_key,
+                                                 trace_context)
+                select items.run_id, items.workflow_id, p_workflow_name, v.queue_name, 'pending',
+                       v.priority, items.input, v.max_recoveries, v.available_at, v.parent_id,
+                       v.deadline_at, v.note, v_now, v_now, v.concurrency_key, v.trace_context
+                  from items order by items.n
+                on conflict do nothing
+                returning r.id, r.workflow_id
+            )
+            select coalesce(mine.id, twin.id,
+                            pgdurable._existing_run(p_workflow_name, items.workflow_id, p_options))
+              from items
+              left join inserted mine on mine.id = items.run_id
+              -- the same workflow_id twice in one batch: the first start's run
+              left join inserted twin on twin.workflow_id = items.workflow_id
+             order by items.n;
+    end if;
     if v.available_at <= v_now then
         perform pg_notify('pgdurable_wake', v.queue_name);
     end if;

@@ -40,11 +40,12 @@ def run_count(dsn: str) -> int:
 
 
 def terminate_backends(dsn: str) -> int:
-    """Kill every other session of the database, as a restart or failover would."""
+    """Kill every other session of the database, as a restart or failover would, and wait
+    until they are gone (the next call comes after the drop, not during it)."""
     return int(
         scalar(
             dsn,
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+            "select count(pg_terminate_backend(pid, 5000)) from pg_stat_activity "
             "where datname = current_database() and pid <> pg_backend_pid()",
         )
     )
