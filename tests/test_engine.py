@@ -143,10 +143,13 @@ def test_zombie_transaction_step_rolls_back_and_the_new_owner_writes_once(
         conn.execute("insert into orders values (%s)", (run.attempt,))
         if not stolen:
             # While this attempt is inside its transaction, another worker takes the run over.
+            # Its lease (20 s) outlives any slowness of a loaded host: only the shift below
+            # ends it (a 2 s lease could lapse first, and the worker's next attempt, 3, was then
+            # itself expired by that shift).
             shift_clock(dsn, "1 minute")
             stolen.extend(
                 query(
-                    dsn, "select attempt from pgdurable.claim_runs('thief', array['default'], 1, 2)"
+                    dsn, "select attempt from pgdurable.claim_runs('thief', array['default'], 1, 20)"
                 )
             )
         return run.attempt
