@@ -149,7 +149,8 @@ def test_zombie_transaction_step_rolls_back_and_the_new_owner_writes_once(
             shift_clock(dsn, "1 minute")
             stolen.extend(
                 query(
-                    dsn, "select attempt from pgdurable.claim_runs('thief', array['default'], 1, 20)"
+                    dsn,
+                    "select attempt from pgdurable.claim_runs('thief', array['default'], 1, 20)",
                 )
             )
         return run.attempt
