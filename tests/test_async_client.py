@@ -609,6 +609,8 @@ NO_TWIN = {
         "ensure_pool_size": "sizes the sync pool a worker uses",
         "connection_lost": "the sync pool's recovery",
         "use_database": "no I/O of its own: points the App elsewhere, closing both pools",
+        "use_pooler": "no I/O of its own: sets the pooler mode (docs/poolers.md), closing pools",
+        "listening": "returns a sync LISTEN connection; async waits share one per event loop",
         "async_connection": "async by definition",
         "async_pool": "async by definition",
         "queue": "a declaration, not I/O (workers apply it at start)",

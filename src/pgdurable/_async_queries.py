@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._db import describe
 from ._errors import translate
+from ._liveness import quietly_alive
 from ._queries import Q
 
 
@@ -75,6 +76,9 @@ class AsyncSide:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dsn = ""
+        # where the LISTEN goes; None behind a transaction pooler without a listen_dsn (waiters
+        # then only poll)
+        self.listen_dsn: str | None = None
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self.opening: asyncio.Task[None] | None = None
         self.waiters: dict[str, set[asyncio.Event]] = {}
@@ -92,7 +96,8 @@ class AsyncSide:
         backoff = 1.0
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                assert self.listen_dsn is not None
+                conn = await psycopg.AsyncConnection.connect(self.listen_dsn, autocommit=True)
                 async with conn:
                     await conn.execute(Q["listen_stream"])
                     # done last: pg_stat_activity shows this session as the run-end listener
@@ -129,7 +134,9 @@ class AsyncSide:
         for key in keys:
             self.waiters.setdefault(key, set()).add(event)
         try:
-            if self.listener is None or self.listener.done():
+            if self.listen_dsn is None:
+                ready_within = 0.0  # no LISTEN to wait for: the caller polls
+            elif self.listener is None or self.listener.done():
                 self.listener = self.loop.create_task(self.listen())
             if not self.listening.is_set() and ready_within > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -143,17 +150,20 @@ class AsyncSide:
                     if not events:
                         del self.waiters[key]
 
-    async def open(self, dsn: str, max_size: int) -> None:
-        self.dsn = dsn
+    async def open(
+        self, dsn: str, max_size: int, kwargs: dict[str, Any], listen_dsn: str | None
+    ) -> None:
+        """Open the pool on ``dsn`` with connection ``kwargs``; LISTEN on ``listen_dsn``."""
+        self.dsn, self.listen_dsn = dsn, listen_dsn
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
             name="pgdurable-async",
             open=False,
             # as for the sync pool: a connection the server dropped is replaced at checkout
-            check=AsyncConnectionPool.check_connection,
+            check=_check_connection,
             configure=self._opened,
         )
         await pool.open()
@@ -188,3 +198,9 @@ class AsyncSide:
         if self.keeper is not None:
             self.keeper.cancel()
             await asyncio.wait([self.keeper])
+
+
+async def _check_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's checkout check: the ping only for a connection the server has written to."""
+    if not quietly_alive(conn):
+        await AsyncConnectionPool.check_connection(conn)

@@ -1,15 +1,18 @@
 """What every worker does besides running runs: write the App's declarations (queue limits,
 schedules, retention rules) when it starts, and, from its listener thread, fire due schedules
-every second and delete expired finished runs about once a minute."""
+every second and delete expired finished runs about once a minute. Also the listener's
+connections, which depend on whether a transaction pooler sits in front of the database."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ._db import call_sql
+from ._db import call_sql, describe, pooler_suspected
+from ._queries import Q
 from ._schedule_firing import fire_due
 
 if TYPE_CHECKING:
@@ -60,3 +63,44 @@ def purge(conn: psycopg.Connection[Any]) -> float:
     if deleted:
         log.info("retention: deleted %s finished runs", deleted, extra={"deleted": deleted})
     return 1.0 if deleted >= PURGE_BATCH else PURGE_EVERY
+
+
+def listener_connections(
+    app: Runtime, stack: contextlib.ExitStack
+) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any] | None]:
+    """The listener thread's connections (closed with ``stack``): one for its chores (registry,
+    timers, schedules, retention) on the App's dsn, and the one LISTENing for wake-ups: the same
+    on a direct dsn, the ``listen_dsn`` when given, None behind a transaction pooler without
+    one (a LISTEN there would be lost: the claim loops then only poll)."""
+    chores = stack.enter_context(
+        psycopg.connect(app.dsn, **app.connection_kwargs, connect_timeout=5)
+    )
+    if not app.can_listen:
+        return chores, None
+    ears = chores
+    if app.listen_dsn is not None:
+        ears = stack.enter_context(
+            psycopg.connect(app.listen_dsn, autocommit=True, connect_timeout=5)
+        )
+    ears.execute(Q["listen_wake"])
+    return chores, ears
+
+
+def warn_if_pooled(app: Runtime) -> None:
+    """Warn at start when a pooler seems to answer for the database and pooler= is not set: in
+    transaction mode, wake-ups would be lost and prepared statements collide."""
+    if app.pooler is not None:
+        return
+    try:
+        with app.pool.connection() as conn:
+            suspected = pooler_suspected(conn)
+    except psycopg.Error as exc:  # the worker's own first statements report a real problem
+        log.debug("could not check for a connection pooler: %s", describe(exc))
+        return
+    if suspected:
+        log.warning(
+            "a connection pooler seems to sit in front of the database (the server's backend "
+            "pid is not the one the connection was given). If it pools by transaction "
+            "(PgBouncer pool_mode = transaction), start the worker with pooler='transaction' "
+            "(--pooler transaction) and a direct listen_dsn (--listen-dsn): see docs/poolers.md"
+        )

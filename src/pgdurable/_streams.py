@@ -18,7 +18,6 @@ from . import _codec
 from ._db import call_sql
 from ._durations import seconds
 from ._errors import RunNotFound
-from ._queries import Q
 
 
 class Database(Protocol):
@@ -26,7 +25,7 @@ class Database(Protocol):
 
     limits: _codec.Limits
 
-    def connect(self) -> psycopg.Connection[Any]: ...
+    def listening(self, *queries: str) -> psycopg.Connection[Any]: ...
 
 
 MAX_KEY = 500
@@ -177,10 +176,8 @@ class Reading:
 
 
 def _read(app: Database, reading: Reading) -> Iterator[Any]:
-    with app.connect() as conn:
-        # LISTEN before the first read: a value committed after that read is always notified.
-        conn.execute(Q["listen_stream"])
-        conn.execute(Q["listen_done"])
+    # LISTEN before the first read: a value committed after that read is always notified.
+    with app.listening("listen_stream", "listen_done") as conn:
         while True:
             _drain(conn)
             rows = call_sql(conn, "read_stream", reading.params()).fetchall()
