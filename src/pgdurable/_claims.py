@@ -1,4 +1,4 @@
-"""A claimed run as the claim functions return it. Pure."""
+"""A claimed run as the claim functions return it, and how many to claim. Pure."""
 
 from __future__ import annotations
 
@@ -42,3 +42,18 @@ class Claim:
         }
         fields.update(more)
         return fields
+
+
+def claim_size(concurrency: int, active: int, deep: bool) -> int:
+    """How many runs a worker of ``concurrency`` threads, ``active`` runs held, claims now (0:
+    wait). With a shallow queue, one per free thread, at once. With a deep one (the last claim
+    got all it asked for) it also holds up to ``concurrency`` claimed runs queued for its
+    threads, and claims only when a thread is free or half of that room is: several runs per
+    claim's round trip and commit instead of one per finished run, while no thread waits for a
+    claim. Queued runs are leased and heartbeated like running ones; a stopping worker hands
+    each back at its first durable operation."""
+    free = concurrency - active
+    if not deep:
+        return max(free, 0)
+    room = 2 * concurrency - active
+    return room if free > 0 or room >= max(1, concurrency // 2) else 0

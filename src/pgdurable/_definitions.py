@@ -24,6 +24,7 @@ from ._options import StartOptions
 from ._retry import Retry
 from ._starting import start, start_async
 from ._steps import step_plan, transaction_plan
+from ._tracing import with_trace
 from ._waiting import result_plan
 
 if TYPE_CHECKING:
@@ -134,7 +135,9 @@ class Workflow(Generic[P, R]):
         )
         if ids is not None and len(ids) != len(inputs):
             raise ValueError(f"start_many got {len(inputs)} calls but {len(ids)} workflow_ids")
-        params = (self.name, inputs, Jsonb(opts.to_json(self.queue, self.max_recoveries)), ids)
+        # started in a span: every run of the batch joins its trace
+        options_json = with_trace(opts.to_json(self.queue, self.max_recoveries))
+        params = (self.name, inputs, Jsonb(options_json), ids)
         return params, ids
 
     def _many_handles(self, run_ids: list[Any], ids: list[str] | None) -> list[RunHandle[R]]:

@@ -155,7 +155,7 @@ def _release_after_disconnect(app: Runtime, claim: Claim, why: str) -> None:
     """Hand the run back on a fresh connection, counting the disconnect; if the server is down
     the lease lapses instead, and a restart costs the run no recovery (see release_run)."""
     try:
-        with psycopg.connect(app.dsn, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(app.dsn, **app.connection_kwargs, connect_timeout=5) as conn:
             call_sql(
                 conn,
                 "release_run",

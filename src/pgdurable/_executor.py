@@ -19,7 +19,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import _async_queries as aq
-from . import _codec
+from . import _codec, _telemetry, _tracing
 from ._claims import Claim
 from ._context import Record, Released, RunContext, Suspended, _current
 from ._db import call_sql, is_connection_error
@@ -65,7 +65,7 @@ def execute(
         held = app.leases.hold(claim.run_id, claim.attempt, bool(claim.cancel_requested))
     try:
         driver = SyncDriver(conn, app.connection_lost)
-        outcome, value = driver.run(execution(app, claim, driver, stop, held))
+        outcome, value = driver.run(_observed(execution(app, claim, driver, stop, held), claim))
     finally:
         app.leases.release(held)
     _log_outcome(claim, outcome, value)
@@ -88,11 +88,18 @@ async def execute_async(
         held = app.leases.hold(claim.run_id, claim.attempt, bool(claim.cancel_requested))
     try:
         driver = AsyncDriver(pool, on_lost)
-        outcome, value = await driver.run(execution(app, claim, driver, stop, held))
+        plan = _observed(execution(app, claim, driver, stop, held), claim)
+        outcome, value = await driver.run(plan)
     finally:
         app.leases.release(held)
     _log_outcome(claim, outcome, value)
     return outcome, value
+
+
+def _observed(plan: Plan[tuple[str, Any]], claim: Claim) -> Plan[tuple[str, Any]]:
+    """The attempt's plan, seen by metrics and tracing when they are on (_telemetry.py)."""
+    obs = _telemetry.observer
+    return plan if obs is None else _telemetry.observed_attempt(obs, claim, plan)
 
 
 def _log_outcome(claim: Claim, outcome: str, value: Any) -> None:
@@ -240,6 +247,7 @@ def _load_history(app: Runtime, claim: Claim) -> Plan[dict[int, Record]]:
 def run_here(app: Runtime, handle: RunHandle[Any]) -> Any:
     """Execute a just-started run in this process (a direct workflow call); if it suspends or
     another worker has it, wait for its result."""
+    _tracing.ensure_installed()
     with app.pool.connection() as conn:
         row = call_sql(conn, "claim_run", (handle.run_id, app.worker_id, app.lease)).fetchone()
         if row is not None:
@@ -254,6 +262,7 @@ def run_here(app: Runtime, handle: RunHandle[Any]) -> Any:
 async def run_here_async(app: Runtime, handle: RunHandle[Any]) -> Any:
     """``run_here()`` for an async workflow called directly (``await wf(...)``), on the App's
     async pool."""
+    _tracing.ensure_installed()
     pool = await app.async_pool()
     async with pool.connection() as conn:
         cur = await aq.call_sql(conn, "claim_run", (handle.run_id, app.worker_id, app.lease))

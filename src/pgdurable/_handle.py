@@ -162,8 +162,7 @@ class RunHandle(Generic[R]):
         if status in FINISHED:
             return outcome(self, status, output, error)
         wanted = str(self.run_id)
-        with self.app.connect() as conn:
-            conn.execute(Q["listen_done"])
+        with self.app.listening("listen_done") as conn:
             while True:
                 status, output, error = self._state(conn)
                 if status in FINISHED:

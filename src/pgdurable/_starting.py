@@ -21,6 +21,7 @@ from ._handle import RunHandle
 from ._names import check_text
 from ._options import StartOptions
 from ._queries import Q
+from ._tracing import with_trace
 
 if TYPE_CHECKING:
     from ._runtime import Registered, Runtime
@@ -38,8 +39,8 @@ def start_params(
     and the options. ``wf``, when this process defines the workflow, supplies its queue and
     recovery cap."""
     payload = _codec.encode_input(args, kwargs, runtime.limits)
-    options = Jsonb(opts.to_json(wf.queue if wf else None, wf.max_recoveries if wf else None))
-    return name, payload, options
+    options = opts.to_json(wf.queue if wf else None, wf.max_recoveries if wf else None)
+    return name, payload, Jsonb(with_trace(options))  # started in a span: joins its trace
 
 
 def started(runtime: Runtime, run_id: Any, name: str, opts: StartOptions) -> RunHandle[Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from . import _codec
+from . import _codec, _telemetry
 from ._context import Record, RunContext, Suspended, require
 from ._db import describe, is_connection_error
 from ._durations import seconds
@@ -104,6 +104,9 @@ def _on_failure(
                 "error": f"{error['type']}: {str(error['message'])[:500]}",
             },
         )
+    obs = _telemetry.observer
+    if obs is not None:
+        obs.step_retried(ctx, name, key, attempts, exc, delay)
     if delay > policy.inline_limit:
         checked = _codec.checked(error, "error", ctx.app.limits)
         yield Sql("schedule_retry", (ctx.run_id, ctx.attempt, key, attempts, delay, checked))
@@ -127,6 +130,25 @@ def step_plan(
     if rec is not None:
         return _replayed(rec)
     ctx.check_alive()
+    body = _step_calls(ctx, seq, key, kind, name, policy, fn, args, kwargs)
+    obs = _telemetry.observer
+    if obs is not None:
+        body = _telemetry.observed_step(obs, ctx, kind, name, key, body)
+    return (yield from body)
+
+
+def _step_calls(
+    ctx: RunContext,
+    seq: int,
+    key: str,
+    kind: str,
+    name: str,
+    policy: Retry,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Plan[Any]:
+    """A step's calls (retried per ``policy``) and its checkpoint."""
     attempts = _attempts_so_far(ctx, key)
     started = datetime.now(timezone.utc)
     what = f"{kind} {name!r}"
@@ -194,6 +216,24 @@ def transaction_plan(
     if rec is not None:
         return _replayed(rec)
     ctx.check_alive()
+    body = _transaction_tries(ctx, seq, key, name, policy, fn, args, kwargs)
+    obs = _telemetry.observer
+    if obs is not None:
+        body = _telemetry.observed_step(obs, ctx, "transaction", name, key, body)
+    return (yield from body)
+
+
+def _transaction_tries(
+    ctx: RunContext,
+    seq: int,
+    key: str,
+    name: str,
+    policy: Retry,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Plan[Any]:
+    """A transaction step's tries (retried per ``policy``), each one database transaction."""
     attempts = _attempts_so_far(ctx, key)
     started = datetime.now(timezone.utc)
     call = Invoke(fn, args, kwargs, f"transaction {name!r}", with_conn=True)

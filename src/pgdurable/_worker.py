@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from . import _telemetry
 from ._async_lane import AsyncLane
+from ._claims import claim_size
 from ._db import call_sql, describe, is_connection_error
 from ._durations import seconds
 from ._executor import execute
@@ -24,11 +27,15 @@ from ._housekeeping import (
     SCHEDULE_EVERY,
     apply_declarations,
     fire_schedules,
+    listener_connections,
     purge,
+    warn_if_pooled,
 )
 from ._leases import Held
+from ._metrics import MetricsServer
 from ._names import check_queue
 from ._queries import Q
+from ._tracing import ensure_installed
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -81,6 +88,8 @@ class Worker:
         poll_interval: float = 1.0,
         async_concurrency: int = 100,
         async_connections: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.app = app
         self.concurrency = _count("concurrency", concurrency, 10_000)
@@ -125,6 +134,10 @@ class Worker:
             if async_names
             else None
         )
+        slots = {"sync": self.concurrency, "async": self.async_concurrency if async_names else 0}
+        self.metrics: MetricsServer | None = None  # serves /metrics while run() runs
+        if metrics_port is not None:
+            self.metrics = MetricsServer(app, metrics_host, metrics_port, slots)
 
     @property
     def completed(self) -> int:
@@ -167,6 +180,9 @@ class Worker:
 
     def run(self) -> None:
         """Claim and execute runs until stopped."""
+        ensure_installed()
+        if self.metrics is not None:
+            self.metrics.start()
         installed: list[tuple[signal.Signals, Any]] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,6 +197,7 @@ class Worker:
                 extra={"queues": self.queues, "unserved": unserved},
             )
         self.app.ensure_pool_size(self.concurrency + 1)
+        warn_if_pooled(self.app)
         apply_declarations(self.app)
         self._register()
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
@@ -200,6 +217,8 @@ class Worker:
                 lane.join()
             for signum, previous in installed:
                 signal.signal(signum, previous)
+            if self.metrics is not None:
+                self.metrics.stop()
             self._unregister()
             log.info("worker %s stopped", self.app.worker_id)
 
@@ -223,25 +242,31 @@ class Worker:
         # A connection of its own: the pool may be reconnecting after a restart, and a
         # stopping worker must exit promptly.
         try:
-            with psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=2) as conn:
+            kwargs = self.app.connection_kwargs
+            with (
+                psycopg.connect(self.app.dsn, **kwargs, connect_timeout=2) as conn,
+                conn.transaction(),
+            ):
                 # never wait on a lock at exit: the registry forgets a silent worker anyway
-                conn.execute(Q["exit_timeouts"])
+                conn.execute(Q["exit_timeouts"])  # SET LOCAL: nothing stays on a pooled session
                 call_sql(conn, "unregister_worker", (self.app.worker_id,))
         except Exception as exc:  # best effort: the registry forgets silent workers anyway
             log.info("could not unregister worker %s: %s", self.app.worker_id, exc)
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
         backoff = 0.1
+        deep = False  # the last claim got all it asked for: the queue holds more
         self.ready.set()
         while not self._stop.is_set():
             # Cleared before looking, so a NOTIFY or a freed slot that arrives while we claim
             # makes the wait below return at once instead of being lost.
             self._wake.clear()
             with self._lock:
-                free = self.concurrency - self._active
+                free = claim_size(self.concurrency, self._active, deep)
             if free > 0:
                 try:
                     rows = self._claim(free)
+                    deep = len(rows) == free
                     if backoff > 0.1:
                         log.warning("claims work again")
                     backoff = 0.1
@@ -257,6 +282,9 @@ class Worker:
                     backoff = min(backoff * 2, 2.0)
                     continue
                 log.debug("claimed %d of %d free slots", len(rows), free)
+                obs = _telemetry.observer
+                if obs is not None and rows:
+                    obs.slots_changed("sync", len(rows))
                 for row in rows:
                     # Held from the claim on: heartbeated even while it waits for a connection.
                     held = self.app.leases.hold(row[0], row[5], bool(row[10]))
@@ -271,13 +299,17 @@ class Worker:
         workflows = self._sync_names
         if not workflows:
             return []
+        obs = _telemetry.observer
+        began = time.perf_counter() if obs is not None else 0.0
         with self.app.pool.connection(timeout=CLAIM_CHECKOUT_TIMEOUT) as conn:
             rows: list[tuple[Any, ...]] = call_sql(
                 conn,
                 "claim_runs",
                 (self.app.worker_id, self.queues, limit, self.app.lease, workflows),
             ).fetchall()
-            return rows
+        if obs is not None:
+            obs.claimed("sync", len(rows), time.perf_counter() - began)
+        return rows
 
     def _execute(self, row: tuple[Any, ...], held: Held) -> str:
         try:
@@ -296,6 +328,9 @@ class Worker:
     def _done(self, fut: Future[str]) -> None:
         with self._lock:
             self._active -= 1
+        obs = _telemetry.observer
+        if obs is not None:
+            obs.slots_changed("sync", -1)
         exc = fut.exception()
         if exc is not None:
             log.error("executing a run raised: %r", exc)
@@ -312,16 +347,17 @@ class Worker:
         return busy and (self._lane is None or self._lane.saturated())
 
     def _listen(self) -> None:
-        """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps. On
-        the same connection: the registry heartbeat, firing due schedules every second, and
-        tick_due() while every slot is busy (claims run it otherwise), so timers and expired
-        leases never wait for a free slot."""
+        """Wake the claim loop on NOTIFY; reconnect with backoff. Polling covers the gaps (and
+        is all there is behind a transaction pooler without a listen_dsn). On the chores
+        connection (the same one unless a listen_dsn is given): the registry heartbeat, firing
+        due schedules every second, and tick_due() while every slot is busy (claims run it
+        otherwise), so timers and expired leases never wait for a free slot."""
         backoff = 0.5
         wanted = set(self.queues)
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.app.dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(Q["listen_wake"])
+                with contextlib.ExitStack() as stack:
+                    conn, ears = listener_connections(self.app, stack)
                     if backoff > 0.5:
                         log.warning("listener reconnected")
                     backoff = 0.5
@@ -329,10 +365,13 @@ class Worker:
                     registered = ticked = fired = time.monotonic()
                     purge_at = registered + PURGE_EVERY * random.random()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=min(1.0, self.poll_interval)):
-                            log.debug("notified: %s", note.payload)
-                            if note.payload in wanted:
-                                self._ring()
+                        if ears is None:  # behind a pooler, no listen_dsn: the claims poll
+                            self._stop.wait(min(1.0, self.poll_interval))
+                        else:
+                            for note in ears.notifies(timeout=min(1.0, self.poll_interval)):
+                                log.debug("notified: %s", note.payload)
+                                if note.payload in wanted:
+                                    self._ring()
                         now = time.monotonic()
                         chores = False
                         if now - registered >= REGISTER_EVERY:
@@ -346,7 +385,7 @@ class Worker:
                             fired, chores = now, True
                         if now >= purge_at:
                             purge_at, chores = now + purge(conn), True
-                        if chores:
+                        if chores and ears is conn:
                             # a no-op for the subscription; pg_stat_activity shows this session
                             # as the listener again (operators and tests find workers by it)
                             conn.execute(Q["listen_wake"])
