@@ -60,8 +60,9 @@ select t.tgname::text, c.relname::text
 select pgdurable.start_run(%s, %s, %s);
 
 -- name: start_runs
--- Start many runs of one workflow in one statement.
-select id from pgdurable.start_runs(%s, %s::jsonb[], %s, %s::text[]) as id;
+-- Start many runs of one workflow in one statement; the inputs go in binary (no quoting of
+-- each element: half the client cost of text).
+select id from pgdurable.start_runs(%s, %b::jsonb[], %s, %s::text[]) as id;
 
 -- name: claim_runs
 -- Claim up to N runnable runs of the given queues and workflows; JSON as text, decoded per run.
@@ -93,9 +94,16 @@ select pgdurable.register_worker(%s, %s, %s);
 select pgdurable.configure_queue(%s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: exit_timeouts
--- A stopping worker's last statements give up rather than wait (locks, a busy server).
-select pg_catalog.set_config('lock_timeout', '2s', false),
-       pg_catalog.set_config('statement_timeout', '5s', false);
+-- A stopping worker's last statements give up rather than wait (locks, a busy server). For the
+-- rest of the transaction only: behind a transaction pooler a session setting would stay on a
+-- server connection other clients get next.
+select pg_catalog.set_config('lock_timeout', '2s', true),
+       pg_catalog.set_config('statement_timeout', '5s', true);
+
+-- name: backend_pid
+-- The server's pid of this session: not the one the connection was told at start-up when a
+-- pooler sits in between (the worker then warns unless told pooler='transaction').
+select pg_catalog.pg_backend_pid();
 
 -- name: unregister_worker
 -- Forget a worker that stops cleanly.
@@ -169,8 +177,10 @@ listen pgdurable_wake;
 listen pgdurable_done;
 
 -- name: cli_list_runs
--- `pgdurable runs`: runs newest first, each filter applied only when given; a pending run no
--- live worker serves says why.
+-- `pgdurable runs`: runs newest first from a keyset cursor (created_at, id) down, never OFFSET;
+-- each filter applied only when given (the CLI sends it once, unprepared, so the plan is made
+-- for the filters set); search is text in the workflow_id or an exact run id. A pending run
+-- no live worker serves says why.
 select id, workflow_id, workflow_name, queue_name, status, attempt, recoveries, worker_id,
        created_at, started_at, finished_at, checkpoints, wakes_at, wait_for, note,
        error_type, error_message,
@@ -180,7 +190,13 @@ select id, workflow_id, workflow_name, queue_name, status, attempt, recoveries, 
  where (%(status)s::text is null or status = %(status)s::text)
    and (%(workflow)s::text is null or workflow_name = %(workflow)s::text)
    and (%(queue)s::text is null or queue_name = %(queue)s::text)
- order by created_at desc, id
+   and (%(since)s::timestamptz is null or created_at >= %(since)s::timestamptz)
+   and (%(until)s::timestamptz is null or created_at < %(until)s::timestamptz)
+   and (%(search)s::text is null or pg_catalog.strpos(workflow_id, %(search)s::text) > 0
+        or id = %(search_id)s::uuid)
+   and (%(cursor_at)s::timestamptz is null
+        or (created_at, id) < (%(cursor_at)s::timestamptz, %(cursor_id)s::uuid))
+ order by created_at desc, id desc
  limit %(limit)s;
 
 -- name: cli_show_run
@@ -406,3 +422,98 @@ select pgdurable.park_run(%s, %s);
 -- name: pause_run
 -- handle.pause(), `pgdurable pause`: pause a run (at once, or at its next durable operation).
 select pgdurable.pause_run(%s);
+
+-- name: cli_engine_now
+-- `pgdurable runs --since 2h`: engine time, which ages are counted back from.
+select pgdurable.now();
+
+-- name: cli_timeline_run
+-- `pgdurable show --timeline`: the fields the timeline model reads, with engine time.
+select r.id, r.workflow_id, r.workflow_name, r.queue_name, r.status, r.attempt, r.created_at,
+       r.started_at, r.updated_at, r.finished_at, r.wait_for, r.retry_step_key,
+       r.retry_step_attempts, t.fire_at as wakes_at, t.reason as wake_reason,
+       r.error ->> 'type' as error_type, pgdurable.now() as now
+  from pgdurable.runs r
+  left join pgdurable.timers t on t.run_id = r.id
+ where r.id = %s;
+
+-- name: cli_timeline_checkpoints
+-- `pgdurable show --timeline`: a run's operations in replay order (timings, no values), the
+-- limit + 1 telling whether more were cut.
+select seq, step_key, kind, step_name, attempts, run_attempt, started_at, completed_at,
+       case when error is null then null else 'error' end as error,
+       output ->> 'wake_at' as wake_at, output ->> 'run_id' as child_id
+  from pgdurable.checkpoints
+ where run_id = %s
+ order by seq
+ limit %s;
+
+-- name: cli_timeline_children
+-- `pgdurable show --timeline`: the direct children of a run (runs_parent_idx), for child bars.
+select id, status, finished_at from pgdurable.runs where parent_id = %s limit %s;
+
+-- name: cli_record_action
+-- Every CLI action, in the action's own transaction: who did what (audit_log).
+select pgdurable.record_action(%s, %s, %s, %s, %s);
+
+-- name: cli_audit
+-- `pgdurable audit`: who did what, newest first; on audit_log_run_idx for one run, else on
+-- audit_log_at_idx.
+select id, at, actor, action, run_id, target, detail
+  from pgdurable.audit_log
+ where (%(run_id)s::uuid is null or run_id = %(run_id)s::uuid)
+   and (%(since)s::timestamptz is null or at >= %(since)s::timestamptz)
+ order by at desc, id desc
+ limit %(limit)s;
+
+-- name: cli_workers
+-- `pgdurable workers`: every registered worker, newest first, with how many runs it holds.
+select w.id, w.queues, w.workflows, w.started_at, w.last_seen_at,
+       pgdurable.now() - w.last_seen_at as last_seen_ago,
+       (select pg_catalog.count(*) from pgdurable.runs r
+         where r.status = 'running' and r.worker_id = w.id) as running
+  from pgdurable.workers w
+ order by w.last_seen_at desc, w.id
+ limit %s;
+
+-- name: cli_workflows
+-- `pgdurable workflows`: the registry, each workflow with its queue, its live workers (seen in
+-- the last minute) and its pending and running runs (partial indexes).
+select f.name, f.queue_name, f.updated_at,
+       (select pg_catalog.count(*) from pgdurable.workers w
+         where f.name = any(w.workflows)
+           and w.last_seen_at > pgdurable.now() - interval '1 minute') as live_workers,
+       (select pg_catalog.count(*) from pgdurable.runs r
+         where r.status = 'pending' and r.workflow_name = f.name) as pending,
+       (select pg_catalog.count(*) from pgdurable.runs r
+         where r.status = 'running' and r.workflow_name = f.name) as running
+  from pgdurable.workflows f
+ order by f.name
+ limit %s;
+
+-- name: cli_gc_estimate
+-- `pgdurable gc` progress: about how many runs it will delete (runs_finished_idx; no lock, and
+-- without gc_runs' check for unfinished parents, so an upper bound).
+select pg_catalog.count(*) from pgdurable.runs
+ where finished_at < pgdurable.now() - %s::interval
+   and status in ('completed', 'failed', 'cancelled');
+
+-- name: metrics_statement_timeout
+-- Prometheus scrape: caps the queue query below for the rest of its transaction.
+select pg_catalog.set_config('statement_timeout', %s, true);
+
+-- name: metrics_queues
+-- Prometheus scrape: per queue, its pending, running, sleeping and waiting runs, how long the
+-- oldest pending run has been claimable (seconds), and whether it is paused. Queues of
+-- registered workflows with no unfinished run are listed with zeros, so a drained queue's
+-- series reads 0 instead of vanishing.
+with o as (
+    select queue_name, pending, running, sleeping, waiting,
+           pg_catalog.date_part('epoch', oldest_pending_age)::float8 as oldest, paused
+      from pgdurable.queue_overview)
+select queue_name, pending, running, sleeping, waiting, oldest, paused from o
+union all
+select distinct w.queue_name, 0, 0, 0, 0, 0::float8, false
+  from pgdurable.workflows w
+ where w.queue_name not in (select o.queue_name from o)
+ order by 1;

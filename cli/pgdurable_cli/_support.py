@@ -126,9 +126,11 @@ def warn_loudly(logger: logging.Logger, message: str) -> None:
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
-    """An autocommit connection, or a ClickException that names the server tried."""
+    """An autocommit connection, or a ClickException that names the server tried. It never
+    prepares statements: a command runs each a few times at most, and a transaction pooler
+    (docs/poolers.md) may lend each statement another server connection."""
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10, prepare_threshold=None)
     except psycopg.ProgrammingError as exc:
         raise click.UsageError(
             f"invalid DSN: {reason(exc, dsn)}. Give a URI like "

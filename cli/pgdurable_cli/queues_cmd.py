@@ -1,5 +1,6 @@
 """`pgdurable queues`: list queues with their limits and runs; configure, pause, resume, drain
-and reset them (docs/flow-control.md). Every action is one of the engine's SQL functions."""
+and reset them (docs/flow-control.md). Every action is one of the engine's SQL functions, in one
+transaction with its audit entry (`pgdurable audit`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import psycopg
 
 from pgdurable._queries import Q
 
+from ._audit import actor_name, actor_option, record
 from ._output import echo_json, echo_table, rows_as_dicts
+from ._progress import Progress
 from ._support import Duration, call, dsn_option, format_duration, json_option, session
 
 _RATE = re.compile(r"^\s*(\d{1,5})\s*/\s*(\S+)\s*$")
@@ -38,6 +41,10 @@ class RateParam(click.ParamType):  # type: ignore[type-arg]  # generic only from
                 ctx,
             )
         return int(match.group(1)), Duration().convert(match.group(2), param, ctx)
+
+
+def _plain(value: Any) -> Any:
+    return format_duration(value) if isinstance(value, timedelta) else value
 
 
 def _rate(count: Any, period: Any) -> str:
@@ -103,6 +110,7 @@ def queues(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
 @click.option("--key-fifo/--no-key-fifo", default=None, help="Start each key's runs in order.")
 @click.option("--rate", type=RateParam(), help="Claims per window, COUNT/DURATION, or none.")
 @click.option("--key-rate", type=RateParam(), help="Claims per key per window, or none.")
+@actor_option
 def configure(
     name: str,
     dsn: str | None,
@@ -112,8 +120,10 @@ def configure(
     key_fifo: bool | None,
     rate: tuple[int, timedelta] | tuple[()] | None,
     key_rate: tuple[int, timedelta] | tuple[()] | None,
+    actor: str | None,
 ) -> None:
     """Set limits of queue NAME; settings not given keep their current value."""
+    who = actor_name(actor)
     if concurrency is not None and no_concurrency_limit:
         raise click.UsageError("give --concurrency N or --no-concurrency-limit, not both")
     with session(dsn) as conn, conn.transaction():
@@ -132,6 +142,10 @@ def configure(
                 count, period = given if given else (None, None)
                 current[f"{prefix}_count"], current[f"{prefix}_period"] = count, period
         call(conn, "configure_queue", (name, *(current[k] for k in _SETTINGS)))
+        shown = {
+            k: format_duration(v) if isinstance(v, timedelta) else v for k, v in current.items()
+        }
+        record(conn, who, "configure_queue", target=name, detail=shown)
     click.echo(f"queue {name}: configured")
 
 
@@ -149,30 +163,40 @@ _SETTINGS = (
 @queues.command()
 @click.argument("name")
 @dsn_option
-def pause(name: str, dsn: str | None) -> None:
+@actor_option
+def pause(name: str, dsn: str | None, actor: str | None) -> None:
     """Stop claiming runs of queue NAME (running runs go on)."""
-    with session(dsn) as conn:
+    who = actor_name(actor)
+    with session(dsn) as conn, conn.transaction():
         running = int(call(conn, "cli_pause_queue", (name,)))
+        record(conn, who, "pause_queue", target=name, detail={"running": running})
     click.echo(f"queue {name}: paused ({running} of its runs still running)")
 
 
 @queues.command()
 @click.argument("name")
 @dsn_option
-def resume(name: str, dsn: str | None) -> None:
+@actor_option
+def resume(name: str, dsn: str | None, actor: str | None) -> None:
     """Claim runs of queue NAME again."""
-    with session(dsn) as conn:
+    who = actor_name(actor)
+    with session(dsn) as conn, conn.transaction():
         call(conn, "cli_resume_queue", (name,))
+        record(conn, who, "resume_queue", target=name)
     click.echo(f"queue {name}: resumed")
 
 
 @queues.command()
 @click.argument("name")
 @dsn_option
-def reset(name: str, dsn: str | None) -> None:
+@actor_option
+def reset(name: str, dsn: str | None, actor: str | None) -> None:
     """Forget the limits and pause of queue NAME: unlimited again."""
-    with session(dsn) as conn:
+    who = actor_name(actor)
+    with session(dsn) as conn, conn.transaction():
         found = call(conn, "cli_reset_queue", (name,))
+        if found:
+            record(conn, who, "reset_queue", target=name)
     click.echo(f"queue {name}: {'reset' if found else 'had no settings'}")
 
 
@@ -186,25 +210,30 @@ def reset(name: str, dsn: str | None) -> None:
     show_default=True,
     help="How long to wait for the running runs.",
 )
-def drain(name: str, dsn: str | None, timeout: timedelta) -> None:
+@actor_option
+def drain(name: str, dsn: str | None, timeout: timedelta, actor: str | None) -> None:
     """Pause queue NAME and wait until none of its runs is running (for a deploy). Resume it
-    with `pgdurable queues resume NAME`."""
+    with `pgdurable queues resume NAME`. Progress (runs finished of those running) goes to
+    stderr; stdout gets the outcome."""
+    who = actor_name(actor)
     deadline = time.monotonic() + timeout.total_seconds()
     with session(dsn) as conn:
-        running = int(call(conn, "cli_pause_queue", (name,)))
-        click.echo(f"queue {name}: paused; {running} running")
-        shown = running
-        while running:
-            if time.monotonic() > deadline:
-                raise click.ClickException(
-                    f"queue {name} still has {running} running after {format_duration(timeout)}; "
-                    "it stays paused: run drain again, or resume it"
-                )
-            time.sleep(0.5)
-            running = int(_running(conn, name))
-            if running != shown:
-                click.echo(f"queue {name}: {running} running")
-                shown = running
+        with conn.transaction():
+            running = int(call(conn, "cli_pause_queue", (name,)))
+            record(conn, who, "drain_queue", target=name, detail={"running": running})
+        click.echo(f"queue {name}: paused; {running} running", err=True)
+        first = running
+        with Progress(f"queue {name}: draining", first, "runs done") as progress:
+            while running:
+                if time.monotonic() > deadline:
+                    raise click.ClickException(
+                        f"queue {name} still has {running} running after "
+                        f"{format_duration(timeout)}; it stays paused: run drain again, or "
+                        "resume it"
+                    )
+                time.sleep(0.5)
+                running = int(_running(conn, name))
+                progress.set(max(first - running, 0))
     click.echo(f"queue {name}: drained (paused, nothing running)")
 
 

@@ -1,5 +1,6 @@
 """`pgdurable schedules`: list schedules with their next and last ticks; add, pause, resume,
-trigger ("run now") and delete them (docs/schedules.md). Each action is an engine SQL function."""
+trigger ("run now") and delete them (docs/schedules.md). Each action is an engine SQL function,
+in one transaction with its audit entry (`pgdurable audit`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pgdurable
 from pgdurable._queries import Q
 from pgdurable._schedules import CATCHUP, OVERLAP, ScheduleSpec
 
+from ._audit import actor_name, actor_option, record
 from ._output import echo_json, echo_table, rows_as_dicts, safe
 from ._support import call, dsn_option, json_option, session
 
@@ -78,6 +80,7 @@ def schedules(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
 @click.option("--catchup", type=click.Choice(CATCHUP), default="latest", show_default=True)
 @click.option("--catchup-max", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--overlap", type=click.Choice(OVERLAP), default="allow", show_default=True)
+@actor_option
 def add(
     name: str,
     workflow: str,
@@ -90,8 +93,10 @@ def add(
     catchup: str,
     catchup_max: int,
     overlap: str,
+    actor: str | None,
 ) -> None:
     """Create or replace schedule NAME starting WORKFLOW on every tick of --cron."""
+    who = actor_name(actor)
     try:
         args, kwargs = json.loads(args_json), json.loads(kwargs_json)
     except json.JSONDecodeError as exc:
@@ -104,23 +109,27 @@ def add(
         )
     except ValueError as exc:
         raise click.BadParameter(safe(str(exc))) from exc
-    with session(dsn) as conn:
+    with session(dsn) as conn, conn.transaction():
         call(conn, "upsert_schedule", spec.params(pgdurable.Limits()))
+        detail = {"workflow": workflow, "cron": cron, "timezone": tz}
+        record(conn, who, "add_schedule", target=name, detail=detail)
     click.echo(f"schedule {name}: {workflow} at '{cron}' ({tz})")
 
 
 def _named(verb: str, query: str, done: str, help_text: str) -> Any:
-    def command(name: str, dsn: str | None) -> None:
-        with session(dsn) as conn:
+    def command(name: str, dsn: str | None, actor: str | None) -> None:
+        who = actor_name(actor)
+        with session(dsn) as conn, conn.transaction():
             found = call(conn, query, (name,))
-        if not found:
-            raise click.ClickException(
-                f"no schedule named {safe(repr(name))}: `pgdurable schedules` lists them"
-            )
+            if not found:
+                raise click.ClickException(
+                    f"no schedule named {safe(repr(name))}: `pgdurable schedules` lists them"
+                )
+            record(conn, who, f"{verb}_schedule", target=name)
         click.echo(f"schedule {name}: {done}")
 
     command.__doc__ = help_text
-    return schedules.command(name=verb)(click.argument("name")(dsn_option(command)))
+    return schedules.command(name=verb)(click.argument("name")(dsn_option(actor_option(command))))
 
 
 pause = _named(
@@ -144,10 +153,13 @@ delete = _named(
 @schedules.command()
 @click.argument("name")
 @dsn_option
-def trigger(name: str, dsn: str | None) -> None:
+@actor_option
+def trigger(name: str, dsn: str | None, actor: str | None) -> None:
     """Run schedule NAME now (its overlap policy applies; its next tick stays)."""
-    with session(dsn) as conn:
+    who = actor_name(actor)
+    with session(dsn) as conn, conn.transaction():
         run_id = call(conn, "cli_trigger_schedule", (name,))
+        record(conn, who, "trigger_schedule", run_id=run_id, target=name)
     if run_id is None:
         click.echo(f"schedule {name}: skipped, its last run still goes (overlap=skip)")
     else:
