@@ -6,9 +6,11 @@
 Creates a scratch database on the server of --dsn (and drops it at the end), installs the
 schema, fills pgdurable.runs with --runs rows in one set-based INSERT ... SELECT generate_series
 (a benchmark fixture written straight into the table, not the engine's start path: statuses
-mixed as in a long-lived system, 30 days of history, two checkpoints per run), then times the
-runs page through the ASGI app (no network, no browser): the median of 20 requests for the
-first page, a deep keyset page, filtered pages, a search and the counts. It prints the plan of
+mixed as in a long-lived system, 30 days of history, two checkpoints per run; limits on the five
+queues, 200 schedules, an audit entry per ten runs), then times the runs page through the ASGI
+app (no network, no browser): the median of 20 requests for the first page, a deep keyset page,
+filtered pages, a search, the counts, a run, and the queues, schedules, workers, workflows and
+audit pages. It prints the plan of
 every page's query (EXPLAIN ANALYZE) and says which read a whole table.
 
 With --try-index it then creates the index the runs page's keyset wants, (created_at, id), in
@@ -80,6 +82,22 @@ select r.id, k.key, k.seq, 'step', k.key, '"ok"', 1, r.created_at + interval '1 
  cross join (values (0, 'reserve'), (1, 'charge')) k(seq, key)
  where r.status <> 'pending'
 """
+# Flow control on the five queues, 200 schedules and an audit entry per ten runs, so the queues,
+# schedules, audit and run pages read what a long-lived system holds.
+QUEUES = """
+select pgdurable.configure_queue('q' || g, p_concurrency => 10 * g, p_rate_count => 100,
+                                 p_rate_period => interval '1 minute')
+  from generate_series(0, 4) g
+"""
+SCHEDULES = """
+select pgdurable.upsert_schedule('report-' || g, 'wf_' || (g % 20), '*/15 * * * *', 'UTC')
+  from generate_series(1, 200) g
+"""
+AUDIT = """
+insert into pgdurable.audit_log (at, actor, action, run_id)
+select r.created_at + interval '1 minute', 'dashboard:ops@10.0.0.1', 'retry', r.id
+  from pgdurable.runs r where r.workflow_id like '%0'
+"""
 INDEX = "create index runs_created_idx on pgdurable.runs (created_at, id)"
 REPEAT = 20
 
@@ -97,12 +115,18 @@ def fill(dsn: str, n: int) -> None:
             ("runs", FILL, {"n": n}),
             ("timers", TIMERS, None),
             ("checkpoints", CHECKPOINTS, None),
+            ("queue settings", QUEUES, None),
+            ("schedules", SCHEDULES, None),
+            ("audit entries", AUDIT, None),
         ):
             t0 = time.perf_counter()
             rows = conn.execute(sql, params).rowcount  # type: ignore[arg-type]
             print(f"  inserted {rows:,} {label} in {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
-        conn.execute("vacuum analyze pgdurable.runs, pgdurable.checkpoints, pgdurable.timers")
+        conn.execute(
+            "vacuum analyze pgdurable.runs, pgdurable.checkpoints, pgdurable.timers, "
+            "pgdurable.audit_log"
+        )
         print(f"  vacuum analyze in {time.perf_counter() - t0:.1f} s")
 
 
@@ -128,7 +152,9 @@ def pages(dsn: str) -> dict[str, str]:
         "search: workflow id contains": "/runs?" + RunFilter(search=failed[0]).query(),
         "counts by status (polled)": "/runs/counts",
         "run page (failed, with timeline)": f"/runs/{failed[1]}",
-        "queues page": "/queues",
+        "queues page (with flow control)": "/queues",
+        "schedules page (200)": "/schedules",
+        "audit page (newest of 1/10 runs)": "/audit",
         "workers page": "/workers",
         "workflows page": "/workflows",
     }

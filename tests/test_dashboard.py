@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -155,7 +156,7 @@ def test_run_page_shows_error_timeline_lease_and_children(
 
 def test_queues_workers_and_workflows_pages(world: World, client: httpx.Client) -> None:
     queues = client.get("/queues").text
-    row = re.search(r'<tr data-queue="nobody-serves">(.*?)</tr>', queues, re.S)
+    row = re.search(r'<tr data-queue="nobody-serves" data-paused="no">(.*?)</tr>', queues, re.S)
     assert row and ">8</a>" in row.group(1)  # pending
     workers = client.get("/workers").text
     assert world.app.worker_id in workers and "busy-1" in workers and "1 live worker." in workers
@@ -311,6 +312,248 @@ def test_read_only_hides_actions_and_refuses_them(world: World) -> None:
     assert status_of(world.dsn, "approval-1") == "waiting"
 
 
+# --- flow control, schedules and the audit log --------------------------------------------------
+
+
+def _sql(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _audit(dsn: str, target: str | None = None, run_id: str | None = None) -> list[tuple[Any, ...]]:
+    """(actor, action, run_id, target) of the audit entries about ``target`` or ``run_id``."""
+    return _sql(
+        dsn,
+        "select actor, action, run_id::text, target from pgdurable.audit_log"
+        " where target = %s or run_id = %s::uuid order by id",
+        (target, run_id),
+    )
+
+
+def _confirm_and_post_to(client: httpx.Client, url: str) -> httpx.Response:
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    return client.post(url, data={"csrf": _csrf(page.text), "confirm": "yes"})
+
+
+ME = "dashboard:anonymous@127.0.0.1"
+
+
+def test_queues_page_shows_flow_control_and_pauses_and_resumes_a_queue(
+    world: World, client: httpx.Client
+) -> None:
+    _sql(
+        world.dsn,
+        "select pgdurable.configure_queue('dash-limited', p_concurrency => 3, "
+        "p_key_concurrency => 2, p_key_fifo => true, p_rate_count => 10, "
+        "p_rate_period => interval '1 minute')",
+    )
+    page = client.get("/queues").text
+    row = re.search(r'<tr data-queue="dash-limited" data-paused="no">(.*?)</tr>', page, re.S)
+    assert row, page
+    cells = re.sub(r"\s+", " ", row.group(1))
+    assert "0 / <span" in cells and ">3</span>" in cells  # running / limit
+    assert ">2, in order<" in cells and "0 / 10 per 1 min" in cells
+    assert 'hx-trigger="every 3s"' in page  # the table polls itself
+    url = "/queues/dash-limited/pause"
+    token = _csrf(client.get(url).text)
+    assert client.post(url, data={"confirm": "yes"}).status_code == 403  # no CSRF token
+    assert client.post(url, data={"confirm": "yes", "csrf": "0" * 64}).status_code == 403
+    paused = "select paused from pgdurable.queues where name = 'dash-limited'"
+    assert _sql(world.dsn, paused) == [(False,)] and _audit(world.dsn, "dash-limited") == []
+    done = client.post(url, data={"confirm": "yes", "csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/queues?done=queue-paused"
+    assert _sql(world.dsn, paused) == [(True,)]
+    after = client.get(done.headers["location"]).text
+    assert "Queue paused" in after and 'data-queue="dash-limited" data-paused="yes"' in after
+    assert 'href="/queues/dash-limited/resume"' in after
+    assert _confirm_and_post_to(client, "/queues/dash-limited/resume").status_code == 303
+    assert _sql(world.dsn, paused) == [(False,)]
+    assert _audit(world.dsn, "dash-limited") == [
+        (ME, "pause_queue", None, "dash-limited"),
+        (ME, "resume_queue", None, "dash-limited"),
+    ]
+    # resuming a queue without settings is refused by the engine: an error, nothing recorded
+    refused = _confirm_and_post_to(client, "/queues/nobody-serves/resume")
+    assert refused.status_code == 409 and "has no settings" in refused.text
+    assert _audit(world.dsn, "nobody-serves") == []
+    assert client.get("/queues/no-such-queue/pause").status_code == 404
+    assert client.get("/queues/dash-limited/explode").status_code == 404
+
+
+def test_schedules_page_pause_resume_and_trigger(world: World, client: httpx.Client) -> None:
+    _sql(
+        world.dsn,
+        "select pgdurable.upsert_schedule('yearly-report', 'dash_nap', '0 3 1 1 *', "
+        '\'Europe/Berlin\', \'{"args": ["s1"], "kwargs": {}}\')',
+    )
+    assert 'href="/schedules"' in client.get("/runs").text  # in the nav
+    page = client.get("/schedules").text
+    row = re.search(r'<tr data-schedule="yearly-report" data-paused="no">(.*?)</tr>', page, re.S)
+    assert row and "dash_nap" in row.group(1) and "<code>0 3 1 1 *</code>" in row.group(1)
+    assert "Europe/Berlin" in row.group(1) and 'hx-trigger="every 3s"' in page
+    base = "/schedules/yearly-report"
+    assert client.post(f"{base}/trigger", data={"confirm": "yes"}).status_code == 403
+    assert _sql(world.dsn, "select count(*) from pgdurable.runs where workflow_name = 'dash_nap'"
+                " and workflow_id like 'schedule:yearly-report:%'") == [(0,)]  # fmt: skip
+    started = _confirm_and_post_to(client, f"{base}/trigger")
+    assert started.status_code == 303 and started.headers["location"].endswith("?done=triggered")
+    run_id = started.headers["location"].split("/runs/")[1].split("?")[0]
+    ((workflow_id,),) = _sql(
+        world.dsn, "select workflow_id from pgdurable.runs where id = %s", (run_id,)
+    )
+    assert workflow_id.startswith("schedule:yearly-report:now:")
+    run_page = client.get(started.headers["location"]).text
+    assert "Started now by its schedule" in run_page
+    actions = run_page[run_page.index("Actions taken on this run") :]
+    assert "trigger_schedule" in actions and ME in actions
+    listed = client.get("/schedules").text
+    assert f'class="lastrun" href="/runs/{run_id}"' in listed
+    assert _confirm_and_post_to(client, f"{base}/pause").status_code == 303
+    assert _sql(world.dsn, "select paused from pgdurable.schedules") == [(True,)]
+    assert 'data-schedule="yearly-report" data-paused="yes"' in client.get("/schedules").text
+    assert _confirm_and_post_to(client, f"{base}/resume").status_code == 303
+    assert _sql(world.dsn, "select paused from pgdurable.schedules") == [(False,)]
+    assert _audit(world.dsn, "yearly-report") == [
+        (ME, "trigger_schedule", run_id, "yearly-report"),
+        (ME, "pause_schedule", None, "yearly-report"),
+        (ME, "resume_schedule", None, "yearly-report"),
+    ]
+    audit_page = client.get("/audit").text
+    assert audit_page.index("resume_schedule") < audit_page.index("trigger_schedule")
+    assert client.get("/schedules/no-such/pause").status_code == 404
+    _sql(world.dsn, "select pgdurable.delete_schedule('yearly-report')")
+
+
+def test_run_actions_record_who_did_them_and_a_no_op_records_nothing(
+    world: World, client: httpx.Client
+) -> None:
+    world.wfs["approval"].options(workflow_id="pause-target").start("p1")
+    wait_until(lambda: status_of(world.dsn, "pause-target") == "waiting", "pause-target waits")
+    run_id = world.run_id("pause-target")
+    assert f'href="/runs/{run_id}/pause"' in client.get(f"/runs/{run_id}").text
+    paused = _confirm_and_post(client, run_id, "pause")
+    assert paused.status_code == 303 and paused.headers["location"].endswith("done=paused")
+    assert status_of(world.dsn, "pause-target") == "paused"
+    page = client.get(f"/runs/{run_id}").text
+    assert f'href="/runs/{run_id}/resume"' in page and f'href="/runs/{run_id}/pause"' not in page
+    again = _confirm_and_post(client, run_id, "pause")  # a stale form: nothing to do
+    assert again.headers["location"].endswith("done=already-paused")
+    assert _confirm_and_post(client, run_id, "resume").status_code == 303
+    wait_until(lambda: status_of(world.dsn, "pause-target") == "waiting", "it waits again")
+    refused = _confirm_and_post(client, run_id, "resume")  # a waiting run: the engine refuses
+    assert refused.status_code == 409 and "only failed, cancelled or paused" in refused.text
+    assert _confirm_and_post(client, run_id, "cancel").status_code == 303
+    assert _confirm_and_post(client, run_id, "cancel").status_code == 303  # finished: no-op
+    assert _audit(world.dsn, run_id=run_id) == [
+        (ME, "pause", run_id, None),
+        (ME, "resume", run_id, None),
+        (ME, "cancel", run_id, None),
+    ]
+    page = client.get(f"/runs/{run_id}").text
+    rows = re.findall(r'<tr data-action="(\w+)"><td class="t">[^<]+</td><td class="actor">([^<]+)<',
+                      page[page.index("Actions taken on this run") :])  # fmt: skip
+    assert rows == [("pause", ME), ("resume", ME), ("cancel", ME)]
+
+
+def test_actions_and_audit_escape_names_and_actors_and_read_only_refuses(world: World) -> None:
+    hostile_schedule = "x<b>bold<i>"
+    hostile_user = '<img src=x onerror="alert(1)">'
+    tricky_schedule = "PGDURABLEPARAM0X"  # looks like the placeholder of a link's path
+    for name in (hostile_schedule, tricky_schedule):
+        _sql(world.dsn, "select pgdurable.upsert_schedule(%s, 'dash_nap', '0 3 1 1 *')", (name,))
+    try:
+        with (
+            serving(create_app(world.dsn, auth=TOKEN)) as base,
+            httpx.Client(base_url=base, auth=(hostile_user, TOKEN)) as client,
+        ):
+            page = client.get("/schedules").text
+            assert "<b>bold" not in page and "x&lt;b&gt;bold&lt;i&gt;" in page
+            url = "/schedules/x%3Cb%3Ebold%3Ci%3E/pause"
+            assert f'href="{url}"' in page
+            assert f'href="/schedules/{tricky_schedule}/trigger"' in page
+            confirm = client.get(url)
+            assert confirm.status_code == 200 and "x&lt;b&gt;bold&lt;i&gt;" in confirm.text
+            assert _confirm_and_post_to(client, url).status_code == 303
+            actor = f"dashboard:{hostile_user}@127.0.0.1"
+            assert _audit(world.dsn, hostile_schedule) == [
+                (actor, "pause_schedule", None, hostile_schedule)
+            ]
+            audit_page = client.get("/audit").text
+            assert hostile_user not in audit_page and "<b>bold" not in audit_page
+            assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;@127.0.0.1" in audit_page
+        with (
+            serving(create_app(world.dsn, read_only=True)) as base,
+            httpx.Client(base_url=base) as client,
+        ):
+            for page_url in ("/queues", "/schedules"):
+                html = client.get(page_url).text
+                assert "/pause" not in html and "/trigger" not in html and "/resume" not in html
+            for url in ("/queues/dash-limited/pause", "/schedules/x%3Cb%3Ebold%3Ci%3E/trigger"):
+                assert client.get(url).status_code == 403
+                posted = client.post(url, data={"confirm": "yes", "csrf": "x"})
+                assert posted.status_code == 403 and "read-only" in posted.text
+    finally:
+        for name in (hostile_schedule, tricky_schedule):
+            _sql(world.dsn, "select pgdurable.delete_schedule(%s)", (name,))
+    assert len(_audit(world.dsn, hostile_schedule)) == 1
+
+
+def test_audit_page_walks_every_entry_once_newest_first(world: World) -> None:
+    for i in range(12):
+        _sql(world.dsn, "select pgdurable.record_action('cli:ops', 'retry', null, %s)", (f"t{i}",))
+    expected = [
+        r[0] for r in _sql(world.dsn, "select id from pgdurable.audit_log order by id desc")
+    ]
+    seen: list[int] = []
+    with (
+        serving(create_app(world.dsn, page_size=5)) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        url: str | None = "/audit"
+        while url:
+            html = client.get(url).text
+            seen += [int(i) for i in re.findall(r'<tr data-action="\w+" data-id="(\d+)">', html)]
+            found = re.search(r'<a href="([^"]+)" rel="next">', html)
+            url = found.group(1) if found else None
+        assert client.get("/audit?before=drop%20table").status_code == 400
+    assert seen == expected and len(seen) >= 12
+
+
+def test_a_client_only_login_acts_and_records_what_its_role_allows(
+    world: World, server_dsn: str
+) -> None:
+    from psycopg import sql
+
+    name = f"pgd_dashclient_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login in role pgdurable_client").format(
+            sql.Identifier(name)))  # fmt: skip
+    try:
+        world.wfs["approval"].options(workflow_id="client-target").start("c9")
+        wait_until(lambda: status_of(world.dsn, "client-target") == "waiting", "it waits")
+        run_id = world.run_id("client-target")
+        client_dsn = make_conninfo(world.dsn, user=name)
+        with serving(create_app(client_dsn)) as base, httpx.Client(base_url=base) as client:
+            page = client.get(f"/runs/{run_id}")
+            assert page.status_code == 200
+            assert "The audit log is not readable by the dashboard" in page.text
+            assert _confirm_and_post(client, run_id, "cancel").status_code == 303
+            denied = _confirm_and_post_to(client, "/queues/nobody-serves/pause")
+            assert denied.status_code == 409 and "permission denied" in denied.text
+            assert client.get("/audit").status_code == 403
+        assert status_of(world.dsn, "client-target") == "cancelled"
+        assert _audit(world.dsn, run_id=run_id) == [(ME, "cancel", run_id, None)]
+        assert _audit(world.dsn, "nobody-serves") == []  # the refused pause recorded nothing
+        assert _sql(world.dsn, "select count(*) from pgdurable.queues where paused") == [(0,)]
+    finally:
+        with psycopg.connect(world.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
 # --- who may connect, and where ----------------------------------------------------------------
 
 
@@ -423,11 +666,14 @@ def test_every_dashboard_query_is_used_and_defined() -> None:
     code = "\n".join(p.read_text() for p in package.glob("*.py"))
     used = set(re.findall(r"""(?:rows|row|act)\(\s*["'](\w+)["']""", code))
     used |= set(re.findall(r"""QUERIES\[["'](\w+)["']\]""", code))
+    used |= set(re.findall(r"""function=["'](\w+)["']""", code))  # _operate.OPERATIONS
+    used |= set(re.findall(r"""\(["'](\w+)["'], \(run_id,\)\)""", code))  # before=...
     assert used == set(QUERIES), used ^ set(QUERIES)
     outside = [
         p
         for p in (ROOT / "src" / "pgdurable").rglob("*.py")
-        if package not in p.parents and "dashboard" in p.read_text()
+        if package not in p.parents
+        and re.search(r"^\s*(?:from|import)\s+[\w.]*dashboard", p.read_text(), re.M)
     ]
     assert not outside, f"the SDK must not import the dashboard: {outside}"
 

@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
 runs in every state, filter, open a failed run, read its timeline, retry it and watch it
-complete, cancel a sleeping run and check the database. With PGDURABLE_SCREENSHOTS=1 it saves
-docs/img/dashboard-runs.png and docs/img/dashboard-timeline.png."""
+complete, cancel a sleeping run and check the database, pause a queue from the queues page,
+trigger a schedule and open the run it started. With PGDURABLE_SCREENSHOTS=1 it saves
+docs/img/dashboard-runs.png, dashboard-timeline.png and dashboard-queues.png."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -139,3 +141,62 @@ def _walk(
     expect(page.locator(".done")).to_have_text("Run cancelled.")
     expect(page.locator("h1.runtitle .status")).to_have_text("cancelled")
     assert status_of(dsn, ids["sleeping"]) == "cancelled"
+
+    # Who did it: the run page lists the cancel, with the actor.
+    audit = page.locator("section.audit table.audit tr[data-action]")
+    expect(audit).to_have_count(1)
+    expect(audit.first).to_contain_text("dashboard:anonymous@127.0.0.1")
+    expect(audit.first).to_contain_text("cancel")
+
+    _queues_and_schedules(page, base, dsn)
+
+
+def _scalar(dsn: str, statement: str) -> object:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(statement).fetchone()
+    return None if row is None else row[0]
+
+
+def _queues_and_schedules(page: Page, base: str, dsn: str) -> None:
+    # Pause the unserved queue from the queues page; the database says paused.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "select pgdurable.configure_queue('default', p_concurrency => 4, "
+            "p_rate_count => 100, p_rate_period => interval '1 minute')"
+        )
+        conn.execute(
+            "select pgdurable.upsert_schedule('nightly-digest', 'dash_order', '0 3 1 1 *', "
+            '\'Europe/Berlin\', \'{"args": ["digest"], "kwargs": {}}\')'
+        )
+    page.get_by_role("link", name="Queues", exact=True).click()
+    row = page.locator('tr[data-queue="nobody-serves"]')
+    expect(row).to_have_attribute("data-paused", "no")
+    expect(page.locator('tr[data-queue="default"] td.running')).to_contain_text("/ 4")
+    row.get_by_role("link", name="Pause").click()
+    expect(page.locator("h1")).to_have_text("Pause this queue")
+    expect(page.locator(".explain")).to_contain_text("pgdurable.pause_queue")
+    page.get_by_role("button", name="Yes, pause the queue").click()
+    expect(page.locator(".done")).to_contain_text("Queue paused")
+    expect(row).to_have_attribute("data-paused", "yes")
+    expect(row.locator(".status.s-paused")).to_be_visible()
+    assert _scalar(dsn, "select paused from pgdurable.queues where name = 'nobody-serves'")
+    _shot(page, "dashboard-queues.png")
+
+    # Trigger the schedule: its run appears, and the schedules page links it as the last run.
+    page.get_by_role("link", name="Schedules", exact=True).click()
+    schedule = page.locator('tr[data-schedule="nightly-digest"]')
+    expect(schedule).to_contain_text("Europe/Berlin")
+    expect(schedule.locator("a.lastrun")).to_have_count(0)
+    schedule.get_by_role("link", name="Trigger now").click()
+    page.get_by_role("button", name="Yes, start a run now").click()
+    expect(page.locator(".done")).to_contain_text("Started now by its schedule")
+    expect(page.locator("h1.runtitle .wid")).to_contain_text("schedule:nightly-digest:now:")
+    expect(page.locator("section.audit")).to_contain_text("trigger_schedule")
+    started = _scalar(
+        dsn, "select count(*) from pgdurable.runs where workflow_id like 'schedule:nightly-%'"
+    )
+    assert started == 1
+    page.get_by_role("link", name="Schedules", exact=True).click()
+    expect(schedule.locator("a.lastrun")).to_contain_text("schedule:nightly-digest:now:")
+    page.get_by_role("link", name="Audit", exact=True).click()
+    expect(page.locator("table.audit tr[data-action]")).to_have_count(4)  # retry, cancel, ...

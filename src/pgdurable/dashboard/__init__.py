@@ -1,5 +1,7 @@
-"""pgdurable's web dashboard: runs, a run's timeline, queues, workers and workflows, with
-actions (cancel, retry, resume, fork, emit an event, send a message). Server-rendered HTML
+"""pgdurable's web dashboard: runs, a run's timeline, queues (with flow control), schedules,
+workers, workflows and the audit log, with actions (on a run: cancel, pause, retry, resume,
+fork, emit an event, send a message; pause or resume a queue; pause, resume or trigger a
+schedule), each recorded in pgdurable.audit_log with who did it. Server-rendered HTML
 (Starlette + Jinja2, a vendored htmx for live parts); needs the extra
 ``pip install "pgdurable[dashboard]"``. See docs/operations.md.
 

@@ -4,16 +4,15 @@ message.
 Each is a GET that shows what will happen (the confirmation) and a POST that does it through
 the engine's SQL function, never an UPDATE. A POST needs the session's CSRF token and, when the
 browser sends one, an Origin of this host; a read-only dashboard refuses both with 403. Who did
-what, and when, goes to the logger "pgdurable.dashboard" (no engine function takes a note yet).
+what is recorded in pgdurable.audit_log in the action's transaction, and logged.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import psycopg
 from starlette.concurrency import run_in_threadpool
@@ -24,12 +23,11 @@ from .._codec import checked
 from .._decoding import loads
 from .._errors import InvalidInput, PgDurableError, RunNotFound, SerializationError
 from . import _detail
+from ._acting import Refused, actor, checked_form, log_done, log_refused, refuse_if_read_only
 from ._base import Dashboard
-from ._security import SESSION_COOKIE, same_origin
+from ._format import FINISHED
+from ._store import AuditEntry
 
-log = logging.getLogger("pgdurable.dashboard")
-
-MAX_FORM = 1 << 20  # bytes of a POSTed form: a payload typed into a dashboard stays small
 MAX_NAME = 500
 
 
@@ -90,47 +88,13 @@ ACTIONS = {
 }
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def who(request: Request) -> str:
-    """The person behind a request: the dashboard token's user, else the user of the embedding
-    app's authentication (Starlette's request.user), else anonymous; with the client address."""
-    user = request.scope.get("state", {}).get("pgdurable_user")
-    if not user:
-        found = request.scope.get("user")
-        if found is not None and getattr(found, "is_authenticated", False):
-            user = str(getattr(found, "display_name", "") or "authenticated user")
-    client = request.client.host if request.client else "unknown address"
-    return f"{user or 'anonymous'}@{client}"
-
-
 def _guard(dash: Dashboard, request: Request) -> tuple[uuid.UUID, str]:
-    if dash.read_only:
-        raise Refused(403, "this dashboard is read-only: actions are disabled")
+    refuse_if_read_only(dash)
     action = request.path_params["action"]
     run_id = _detail.parse_run_id(request.path_params["run_id"])
     if action not in ACTIONS or run_id is None:
         raise Refused(404, "no such page: open a run from the runs page and use its buttons")
     return run_id, action
-
-
-async def _form(request: Request) -> dict[str, str]:
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise Refused(415, "actions take a form (application/x-www-form-urlencoded)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            raise Refused(413, f"the form is larger than {MAX_FORM} bytes")
-    try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Refused(400, f"the form cannot be read: {exc}") from exc
 
 
 def _payload(text: str) -> Any:
@@ -150,23 +114,40 @@ def _name(form: dict[str, str], field: str, what: str, *, required: bool) -> str
 
 
 def _execute(
-    dash: Dashboard, run_id: uuid.UUID, action: str, form: dict[str, str]
+    dash: Dashboard, run_id: uuid.UUID, action: str, form: dict[str, str], actor: str
 ) -> tuple[uuid.UUID, str, str]:
-    """Do the action; (run to show next, done code for its page, outcome for the log)."""
+    """Do the action and record it in audit_log in the same transaction; (run to show next,
+    done code for its page, outcome for the log). An action that changed nothing (the run had
+    finished) records nothing."""
     store = dash.store
+
+    def recorded(_result: Any) -> AuditEntry:
+        return AuditEntry(actor, action, run_id)
+
+    def changed(pair: tuple[Any, Any]) -> AuditEntry | None:
+        # cancel_run and pause_run answer a run that had finished (or was paused) with its
+        # status: its status before, read in the same transaction, tells a change from a no-op
+        prior, outcome = pair
+        if prior in FINISHED or (action == "pause" and prior == "paused"):
+            return None
+        return AuditEntry(actor, action, run_id, None, {"outcome": outcome})
+
+    status = ("run_status", (run_id,))
     if action == "cancel":
-        outcome = str(store.act("cancel_run", (run_id,)))
-        done = outcome if outcome in ("cancelled", "cancelling") else "finished"
-        return run_id, done, outcome
+        _, result = store.act("cancel_run", (run_id,), changed, before=status)
+        outcome = str(result)
+        return run_id, outcome if outcome in ("cancelled", "cancelling") else "finished", outcome
     if action == "pause":
-        outcome = str(store.act("pause_run", (run_id,)))
-        done = outcome if outcome in ("paused", "pausing") else "finished-pause"
-        return run_id, done, outcome
+        prior, result = store.act("pause_run", (run_id,), changed, before=status)
+        outcome = str(result)
+        if prior == "paused":
+            return run_id, "already-paused", "already paused"
+        return run_id, outcome if outcome in ("paused", "pausing") else "finished-pause", outcome
     if action == "retry":
-        store.act("retry_run", (run_id,))
+        store.act("retry_run", (run_id,), recorded)
         return run_id, "retried", "pending"
     if action == "resume":
-        store.act("resume_run", (run_id,))
+        store.act("resume_run", (run_id,), recorded)
         return run_id, "resumed", "pending"
     if action == "fork":
         try:
@@ -175,15 +156,27 @@ def _execute(
             raise InvalidInput("choose the step to fork from") from None
         if not 0 <= seq <= 10_000_000:
             raise InvalidInput("the step's sequence number is out of range")
-        new = store.act("fork_run", (run_id, seq))
+        new = store.act(
+            "fork_run",
+            (run_id, seq),
+            lambda new: AuditEntry(
+                actor, action, run_id, None, {"from_seq": seq, "new_run": str(new)}
+            ),
+        )
         return uuid.UUID(str(new)), "forked", f"fork {new} from seq {seq}"
     if action == "emit":
         name = _name(form, "name", "event name", required=True)
-        event_id = store.act("emit_event", (name, _payload(form.get("payload", ""))))
+        event_id = store.act(
+            "emit_event",
+            (name, _payload(form.get("payload", ""))),
+            lambda event: AuditEntry(actor, action, run_id, name, {"event_id": event}),
+        )
         return run_id, "emitted", f"event {name!r} id {event_id}"
     topic = _name(form, "topic", "topic", required=False)
     message_id = store.act(
-        "send_message", (str(run_id), _payload(form.get("payload", "")), topic or None)
+        "send_message",
+        (str(run_id), _payload(form.get("payload", "")), topic or None),
+        lambda message: AuditEntry(actor, action, run_id, topic or None, {"message_id": message}),
     )
     return run_id, "sent", f"message id {message_id} on topic {topic!r}"
 
@@ -232,53 +225,26 @@ async def confirm(dash: Dashboard, request: Request) -> Response:
 
 
 async def perform(dash: Dashboard, request: Request) -> Response:
-    """POST: check the CSRF token, then do the action and show the run."""
+    """POST: check the CSRF token, then do the action (recorded in audit_log) and show the run."""
     try:
         run_id, action = _guard(dash, request)
-        form = await _form(request)
-        host = request.headers.get("host")
-        if not same_origin(request.headers.get("origin"), host) or not dash.csrf.valid(
-            request.cookies.get(SESSION_COOKIE), form.get("csrf")
-        ):
-            raise Refused(
-                403,
-                "refused: this form's CSRF token is missing or stale (or it came from another "
-                "site). Reload the run page and use its buttons again",
-            )
+        form = await checked_form(dash, request, "run page")
     except Refused as exc:
         return dash.error(request, exc.status, str(exc))
     if form.get("confirm") != "yes":
         data = await _run_data(dash, request, run_id)
         return _confirm_page(dash, request, data, action, form)
-    actor = who(request)
+    subject = f"run {run_id}"
     try:
-        target, done, outcome = await _run_blocking(dash, run_id, action, form)
+        target, done, outcome = await run_in_threadpool(
+            _execute, dash, run_id, action, form, actor(request)
+        )
     except RunNotFound as exc:
         return dash.error(request, 404, str(exc))
     except (PgDurableError, psycopg.errors.InsufficientPrivilege) as exc:
-        log.warning(
-            "dashboard: %s %s run %s refused: %s",
-            actor,
-            action,
-            run_id,
-            exc,
-            extra={"action": action, "run_id": str(run_id), "actor": actor},
-        )
+        log_refused(request, action, subject, exc, run_id=str(run_id))
         data = await _run_data(dash, request, run_id)
         return _confirm_page(dash, request, data, action, form, str(exc), 409)
-    log.info(
-        "dashboard: %s %s run %s: %s",
-        actor,
-        action,
-        run_id,
-        outcome,
-        extra={"action": action, "run_id": str(run_id), "actor": actor, "outcome": outcome},
-    )
+    log_done(request, action, subject, outcome, run_id=str(run_id))
     url = request.url_for("run", run_id=str(target)).path + "?" + urlencode({"done": done})
     return RedirectResponse(url, status_code=303)
-
-
-async def _run_blocking(
-    dash: Dashboard, run_id: uuid.UUID, action: str, form: dict[str, str]
-) -> tuple[uuid.UUID, str, str]:
-    return await run_in_threadpool(_execute, dash, run_id, action, form)

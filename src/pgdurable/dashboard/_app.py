@@ -18,7 +18,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._errors import PgDurableError, RunNotFound
-from . import _actions, _pages
+from .._metrics import store_exposition
+from . import _actions, _operate, _pages
 from ._base import HERE, Dashboard
 from ._security import SecurityHeaders, TokenAuth, check_token
 from ._store import DatabaseUnavailable, Store
@@ -101,8 +102,14 @@ def create_app(
     async def home(request: Request) -> Response:
         return RedirectResponse(request.url_for("runs").path, status_code=302)
 
+    async def metrics(request: Request) -> Response:
+        # Prometheus: queue depth and ages read from the database (docs/operations.md#metrics)
+        status, body, media_type = await run_in_threadpool(store_exposition, dash.store)
+        return Response(body, status_code=status, media_type=media_type)
+
     routes = [
         Route("/", home, name="home"),
+        Route("/metrics", metrics, name="metrics"),
         Route("/runs", bind(_pages.runs), name="runs"),
         Route("/runs/counts", bind(_pages.counts), name="counts"),
         Route("/runs/{run_id}", bind(_pages.run), name="run"),
@@ -120,6 +127,32 @@ def create_app(
             name="perform",
         ),
         Route("/queues", bind(_pages.queues), name="queues"),
+        Route(
+            "/queues/{name}/{action}",
+            bind(_operate.confirm_queue),
+            methods=["GET"],
+            name="queue_confirm",
+        ),
+        Route(
+            "/queues/{name}/{action}",
+            bind(_operate.perform_queue),
+            methods=["POST"],
+            name="queue_perform",
+        ),
+        Route("/schedules", bind(_pages.schedules), name="schedules"),
+        Route(
+            "/schedules/{name}/{action}",
+            bind(_operate.confirm_schedule),
+            methods=["GET"],
+            name="schedule_confirm",
+        ),
+        Route(
+            "/schedules/{name}/{action}",
+            bind(_operate.perform_schedule),
+            methods=["POST"],
+            name="schedule_perform",
+        ),
+        Route("/audit", bind(_pages.audit), name="audit"),
         Route("/workers", bind(_pages.workers), name="workers"),
         Route("/workflows", bind(_pages.workflows), name="workflows"),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

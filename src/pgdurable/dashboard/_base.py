@@ -3,9 +3,11 @@ and the error page."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +19,7 @@ from ._security import SESSION_COOKIE, Csrf
 from ._store import Store
 
 HERE = Path(__file__).resolve().parent
+_PLACEHOLDER = re.compile(r"PGDURABLEPARAM(\d+)X")
 
 
 class Dashboard:
@@ -56,8 +59,20 @@ class Dashboard:
     ) -> HTMLResponse:
         session, new = self.session(request)
 
-        def url(name: str, query: str = "", **params: Any) -> str:
-            path = request.url_for(name, **{k: str(v) for k, v in params.items()}).path
+        # A route's path is looked up once per page with placeholders (Starlette's url_for
+        # walks every route: a table of 200 rows with 3 links each spent 90 ms there).
+        shapes: dict[tuple[str, tuple[str, ...]], str] = {}
+
+        def url(route: str, query: str = "", /, **params: Any) -> str:
+            names = tuple(sorted(params))
+            shape = shapes.get((route, names))
+            if shape is None:
+                marked = {k: f"PGDURABLEPARAM{i}X" for i, k in enumerate(names)}
+                shape = shapes[route, names] = request.url_for(route, **marked).path
+            # one pass, so a value that looks like a placeholder stays a value; quoted: a
+            # schedule name may hold < > : (Starlette decodes it on the way in)
+            values = [quote(str(params[k]), safe="/") for k in names]
+            path = _PLACEHOLDER.sub(lambda m: values[int(m.group(1))], shape)
             return f"{path}?{query}" if query else path
 
         html = self.env.get_template(template).render(

@@ -1,5 +1,6 @@
 """The run page's data: the run, its timeline, its children as a tree, the events and messages
-it consumed or waits for, and which actions its status allows."""
+it consumed or waits for, the actions taken on it (audit_log), and which actions its status
+allows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _timeline
+from .. import _timeline
 from ._format import ACTIVE
 from ._store import Reader
 
@@ -15,6 +16,7 @@ MAX_CHARS = 100_000  # of a stored value shown on the page; the rest is cut with
 MAX_CHECKPOINTS = 500
 MAX_CHILDREN = 500
 MAX_DEPTH = 8
+MAX_AUDIT = 200  # actions taken on one run, shown on its page
 
 
 @dataclass
@@ -93,7 +95,17 @@ def load(db: Reader, run_id: uuid.UUID) -> dict[str, Any] | None:
     events = (
         db.rows("latest_events", {"name": event, "max_chars": 2000, "limit": 5}) if event else []
     )
-    mailbox = db.rows("run_mailbox", {"id": run_id, "max_chars": 2000, "limit": 50})
+    readable = db.row("readable", ()) or {}
+    mailbox = (
+        db.rows("run_mailbox", {"id": run_id, "max_chars": 2000, "limit": 50})
+        if readable.get("messages")
+        else []
+    )
+    audit = (
+        db.rows("run_audit", {"id": run_id, "max_chars": 2000, "limit": MAX_AUDIT})
+        if readable.get("audit_log")
+        else None
+    )
     consumed = [cp for cp in checkpoints if cp["kind"] in ("event", "message")]
     return {
         "run": run,
@@ -105,6 +117,8 @@ def load(db: Reader, run_id: uuid.UUID) -> dict[str, Any] | None:
         "waiting_topic": topic,
         "events": events,
         "mailbox": mailbox,
+        "mailbox_readable": bool(readable.get("messages")),
+        "audit": audit,
         "consumed": consumed,
         "actions": actions_for(run),
         "finished": run["status"] not in ACTIVE,

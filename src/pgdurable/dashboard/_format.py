@@ -4,11 +4,12 @@ within limits (or shown raw). Pure; Jinja2 escapes whatever these return."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from .._decoding import loads
 from .._errors import SerializationError
+from .._timeline import duration
 
 STATUSES = (
     "pending",
@@ -33,31 +34,6 @@ def when(value: datetime | None) -> str:
 
 def iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(timezone.utc).isoformat()
-
-
-def duration(seconds: float | timedelta | None) -> str:
-    """12 ms, 3.2 s, 4 min 3 s, 2 h 5 min, 3 d 4 h."""
-    if seconds is None:
-        return "-"
-    if isinstance(seconds, timedelta):
-        seconds = seconds.total_seconds()
-    sign = "-" if seconds < 0 else ""
-    s = abs(seconds)
-    if s < 1:
-        return f"{sign}{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{sign}{s:.1f} s"
-    whole = int(s)
-    for unit, size, sub, subsize in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "min", 60),
-        ("min", 60, "s", 1),
-    ):
-        if whole >= size:
-            big, rest = divmod(whole, size)
-            small = rest // subsize
-            return f"{sign}{big} {unit}" + (f" {small} {sub}" if small else "")
-    return f"{sign}{whole} s"  # pragma: no cover - every case returned above
 
 
 def ago(value: datetime | None, now: datetime) -> str:

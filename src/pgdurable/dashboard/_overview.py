@@ -1,5 +1,6 @@
-"""The queues, workers and workflows pages: what the registry and the active runs say, read on
-partial indexes so the pages cost the same with a million finished runs in the table."""
+"""The queues, schedules, workers, workflows and audit pages: what the registry, the settings
+and the active runs say, read on partial indexes so the pages cost the same with a million
+finished runs in the table."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ LIVE_WITHIN = timedelta(minutes=1)  # a worker seen this recently is live (as in
 FINISHED_WINDOW = timedelta(hours=1)
 MAX_HELD = 2000  # running runs read for the workers page
 SHOWN_PER_WORKER = 50
+MAX_LISTED = 1000  # schedules on the page (queries.sql)
 
 
 def _live(worker: dict[str, Any], now: datetime) -> bool:
@@ -20,13 +22,15 @@ def _live(worker: dict[str, Any], now: datetime) -> bool:
 
 
 def queues(db: Reader) -> dict[str, Any]:
-    """Per queue: runs by status (finished ones over the last hour), the oldest due pending
-    run's age, delayed runs, and the live workers claiming from it."""
+    """Per queue: its flow control (limits, rate used, paused), runs by status (finished ones
+    over the last hour), the oldest due pending run's age, delayed runs, and the live workers
+    claiming from it."""
     rows = db.rows("queue_depths", {"now": db.now, "finished_since": db.now - FINISHED_WINDOW})
+    settings = {q["name"]: q for q in db.rows("queue_settings", {"now": db.now})}
     workers = [w for w in db.rows("workers", ()) if _live(w, db.now)]
     registered = db.rows("registered_workflows", ())
     names = {r["queue_name"] for r in rows} | {r["queue_name"] for r in registered}
-    names |= {q for w in workers for q in w["queues"]}
+    names |= {q for w in workers for q in w["queues"]} | set(settings)
     table: dict[str, dict[str, Any]] = {
         name: {
             "name": name,
@@ -34,6 +38,8 @@ def queues(db: Reader) -> dict[str, Any]:
             "oldest_due": None,
             "delayed": 0,
             "workers": sorted(w["id"] for w in workers if name in w["queues"]),
+            "settings": settings.get(name),
+            "paused": bool(settings.get(name, {}).get("paused")),
         }
         for name in names
     }
@@ -44,6 +50,18 @@ def queues(db: Reader) -> dict[str, Any]:
             entry["oldest_due"] = r["oldest_due"]
             entry["delayed"] = r["delayed"]
     return {"queues": [table[n] for n in sorted(table)], "window": "1 h"}
+
+
+def schedules(db: Reader, name: str | None = None) -> dict[str, Any]:
+    """Every schedule (or the one named), with its last run."""
+    return {"schedules": db.rows("schedules", {"name": name}), "limit": MAX_LISTED}
+
+
+def audit(db: Reader, before: int | None, size: int) -> dict[str, Any]:
+    """A page of audit_log, newest first, from the keyset cursor ``before`` (an entry id)."""
+    found = db.rows("audit_older", {"before": before, "limit": size + 1, "max_chars": 500})
+    older = found[size - 1]["id"] if len(found) > size else None
+    return {"entries": found[:size], "older": older, "before": before}
 
 
 def workers(db: Reader) -> dict[str, Any]:

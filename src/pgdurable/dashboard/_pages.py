@@ -1,5 +1,6 @@
-"""The pages: runs (with counts), a run, queues, workers, workflows. Each reads in one
-read-only transaction and renders server-side; the parts that change are re-fetched by htmx."""
+"""The pages: runs (with counts), a run, queues, schedules, workers, workflows, the audit log.
+Each reads in one read-only transaction and renders server-side; the parts that change are
+re-fetched by htmx."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._errors import RunNotFound
-from . import _detail, _overview
+from . import _detail, _operate, _overview
 from ._base import Dashboard
 from ._runs import BadFilter, RunFilter, fetch_page, status_counts
 
@@ -24,6 +25,7 @@ DONE = {
     "pausing": "Pause requested: the run is running, and its worker parks it at its next durable "
     "operation.",
     "finished-pause": "The run had already finished: nothing to pause.",
+    "already-paused": "The run was already paused: nothing changed.",
     "retried": "Retry started: the run is pending again; it replays its checkpoints and runs "
     "the failed step again.",
     "resumed": "Resumed: the run is pending again and goes on from its last checkpoint.",
@@ -31,6 +33,7 @@ DONE = {
     "step, then runs the rest anew.",
     "emitted": "Event emitted: every run waiting for it is woken.",
     "sent": "Message sent to this run's mailbox.",
+    "triggered": "Started now by its schedule (trigger_schedule).",
 }
 
 
@@ -105,7 +108,24 @@ async def run_live(dash: Dashboard, request: Request) -> Response:
 
 async def queues(dash: Dashboard, request: Request) -> Response:
     data = await dash.read(request, _with_now(_overview.queues))
-    return dash.render(request, _part(request, "queues.html"), data)
+    return dash.render(request, _part(request, "queues.html"), {**data, "done": _done(request)})
+
+
+async def schedules(dash: Dashboard, request: Request) -> Response:
+    data = await dash.read(request, _with_now(_overview.schedules))
+    return dash.render(request, _part(request, "schedules.html"), {**data, "done": _done(request)})
+
+
+async def audit(dash: Dashboard, request: Request) -> Response:
+    """Recent audit_log entries, newest first, keyset-paged on their id."""
+    text = request.query_params.get("before", "")
+    if text and not (text.isdigit() and len(text) <= 19):
+        return dash.error(
+            request, 400, f"before={text[:40]!r} is not an entry id: use the Older link"
+        )
+    before = int(text) if text else None
+    data = await dash.read(request, _with_now(_overview.audit), before, dash.page_size)
+    return dash.render(request, "audit.html", data)
 
 
 async def workers(dash: Dashboard, request: Request) -> Response:
@@ -123,8 +143,12 @@ def _part(request: Request, page: str) -> str:
     return f"_{page}" if request.headers.get("hx-request") else page
 
 
+def _done(request: Request) -> str | None:
+    return _operate.DONE.get(request.query_params.get("done", ""))
+
+
 def _with_now(fn: Any) -> Any:
-    def wrapped(db: Any) -> dict[str, Any]:
-        return {**fn(db), "now": db.now}
+    def wrapped(db: Any, *args: Any) -> dict[str, Any]:
+        return {**fn(db, *args), "now": db.now}
 
     return wrapped

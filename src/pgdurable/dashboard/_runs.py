@@ -4,40 +4,20 @@ to type), keyset cursors on (created_at, id), and the counts by status."""
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from .._run_filters import BadFilter as BadFilter  # re-exported: _pages catches it
+from .._run_filters import parse_time as _time
 from ._format import ACTIVE, FINISHED, STATUSES
 from ._store import Reader
 
 MAX_TEXT = 200
-_RELATIVE = re.compile(r"^(\d{1,6})\s*(s|m|min|h|d|w)$")
-_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 FINISHED_WINDOW = timedelta(hours=1)  # finished runs counted: recent, and cheap at any volume
-
-
-class BadFilter(ValueError):
-    """A filter of the runs page that cannot be read; the message says what to type."""
-
-
-def _time(name: str, text: str, now: datetime) -> datetime:
-    """ISO 8601 (UTC unless it names an offset), or an age such as 15m, 2h, 7d (before now)."""
-    match = _RELATIVE.match(text.strip().lower())
-    if match:
-        return now - timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)])
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
-    except ValueError:
-        raise BadFilter(
-            f"{name}: {text[:50]!r} is not a time: give 2025-01-31T12:00 (UTC) or an age "
-            "such as 15m, 2h, 7d"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _text(name: str, params: Mapping[str, str]) -> str | None:

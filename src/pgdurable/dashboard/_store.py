@@ -1,11 +1,14 @@
 """The dashboard's database side: its own small connection pool, its named statements
-(queries.sql beside this file), read-only page transactions and the engine calls of actions."""
+(queries.sql beside this file), read-only page transactions, and actions: an engine call and its
+audit entry in one transaction."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from .._db import is_connection_error
@@ -20,7 +24,23 @@ from .._errors import PgDurableError, translate
 from .._queries import parse
 from .._schema import check_schema
 
+MAX_ACTOR = 200  # characters, as audit_log_actor_check allows
 QUERIES = parse((Path(__file__).resolve().parent / "queries.sql").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of pgdurable.audit_log: who did which action, on which run or named target."""
+
+    actor: str
+    action: str
+    run_id: uuid.UUID | None = None
+    target: str | None = None
+    detail: dict[str, Any] | None = None
+
+    def params(self) -> tuple[Any, ...]:
+        detail = None if self.detail is None else Jsonb(self.detail)
+        return (self.actor[:MAX_ACTOR], self.action, self.run_id, self.target, detail)
 
 
 class DatabaseUnavailable(PgDurableError):
@@ -67,6 +87,11 @@ class Store:
                         "row_factory": dict_row,
                         "application_name": "pgdurable-dashboard",
                         "connect_timeout": 10,
+                        # Never prepare server-side, whatever $PGDURABLE_POOLER says: pages
+                        # are sent unprepared anyway (a plan per filter set) and actions come
+                        # at human pace, so nothing is lost, and a prepared _pg3_N would
+                        # collide behind a transaction pooler (docs/poolers.md).
+                        "prepare_threshold": None,
                     },
                     connection_class=psycopg.Connection[dict[str, Any]],
                     name="pgdurable-dashboard",
@@ -118,20 +143,40 @@ class Store:
             assert row is not None
             yield Reader(conn, row["now"])
 
-    def act(self, name: str, params: Sequence[Any]) -> Any:
+    def act(
+        self,
+        name: str,
+        params: Sequence[Any],
+        audit: Callable[[Any], AuditEntry | None] | None = None,
+        before: tuple[str, Sequence[Any]] | None = None,
+    ) -> Any:
         """Run one engine function (an action) in its own transaction; its SQLSTATEs become
-        pgdurable exceptions (RunNotFound, InvalidState, InvalidInput...)."""
+        pgdurable exceptions (RunNotFound, InvalidState, InvalidInput...). ``audit`` maps the
+        function's result to the audit_log entry recorded in the same transaction (None: the
+        action changed nothing, so nothing is recorded); a refused action records nothing.
+        ``before``: a statement run first in the transaction; then ``audit`` gets the pair
+        (its first value, the result), to tell a change from a no-op."""
         with self._connection() as conn:
             try:
                 with conn.transaction():
                     conn.execute(QUERIES["begin_action"], (self.statement_timeout,))
+                    prior: Any = None
+                    if before is not None:
+                        found = conn.execute(QUERIES[before[0]], before[1]).fetchone()
+                        prior = None if found is None else next(iter(found.values()))
                     row = conn.execute(QUERIES[name], params).fetchone()
+                    result = None if row is None else next(iter(row.values()))
+                    if before is not None:
+                        result = (prior, result)
+                    entry = audit(result) if audit is not None else None
+                    if entry is not None:
+                        conn.execute(QUERIES["record_action"], entry.params())
             except psycopg.Error as exc:
                 mapped = translate(exc)
                 if mapped is None:
                     raise
                 raise mapped from exc
-        return None if row is None else next(iter(row.values()))
+        return result
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,8 @@
 -- The statements of the dashboard (pgdurable.dashboard), by name. Reads are plain SQL on the
--- pgdurable schema; every change goes through an engine function (cancel_run, resume_run,
--- retry_run, fork_run, emit_event, send_message), never an UPDATE of a table. Optional filters
+-- pgdurable schema; every change goes through an engine function (cancel_run, pause_run,
+-- resume_run, retry_run, fork_run, emit_event, send_message, pause_queue, resume_queue,
+-- pause_schedule, resume_schedule, trigger_schedule), never an UPDATE of a table, and is
+-- recorded with record_action in the same transaction. Optional filters
 -- are written `(%(x)s is null or ...)` and sent unprepared, so each plan is made for the values
 -- at hand and the planner drops the filters that are not set.
 
@@ -143,6 +145,30 @@ select id, parent_id, workflow_id, workflow_name, status, created_at, finished_a
  order by depth, created_at, id
  limit %(limit)s;
 
+-- name: readable
+-- Which of the tables only pgdurable_admin may read this login may read: a client-only login
+-- still gets the run page, without the mailbox and the actions taken.
+select has_table_privilege('pgdurable.messages', 'select') as messages,
+       has_table_privilege('pgdurable.audit_log', 'select') as audit_log;
+
+-- name: run_audit
+-- The actions taken on one run, oldest first (audit_log_run_idx).
+select id, at, actor, action, target, left(detail::text, %(max_chars)s) as detail
+  from pgdurable.audit_log
+ where run_id = %(id)s
+ order by at, id
+ limit %(limit)s;
+
+-- name: audit_older
+-- The audit page: entries newest first from a keyset cursor on id down (the primary key).
+select a.id, a.at, a.actor, a.action, a.run_id, a.target,
+       left(a.detail::text, %(max_chars)s) as detail, r.workflow_id
+  from pgdurable.audit_log a
+  left join pgdurable.runs r on r.id = a.run_id
+ where (%(before)s::bigint is null or a.id < %(before)s)
+ order by a.id desc
+ limit %(limit)s;
+
 -- name: run_mailbox
 -- Messages sent to a run that it has not consumed yet (messages_unconsumed_idx).
 select id, topic, left(payload::text, %(max_chars)s) as payload, created_at
@@ -186,6 +212,26 @@ union all
 select queue_name, status, count(*), null, 0
   from pgdurable.runs where finished_at >= %(finished_since)s group by queue_name, status;
 
+-- name: queue_settings
+-- Every queue's flow control (docs/flow-control.md), with the claims inside its rate window now.
+select q.name, q.concurrency, q.key_concurrency, q.key_fifo, q.rate_count, q.rate_period,
+       q.key_rate_count, q.key_rate_period, q.paused, q.updated_at,
+       (select count(*) from unnest(q.recent) c where c > %(now)s - q.rate_period) as rate_used
+  from pgdurable.queues q
+ order by q.name
+ limit 1000;
+
+-- name: schedules
+-- Every schedule with its last run's status (runs_pkey).
+select s.name, s.workflow_name, s.cron, s.timezone, s.queue_name, s.catchup, s.overlap,
+       s.paused, s.next_fire_at, s.last_fire_at, s.last_run_id, s.updated_at,
+       r.workflow_id as last_workflow_id, r.status as last_status
+  from pgdurable.schedules s
+  left join pgdurable.runs r on r.id = s.last_run_id
+ where (%(name)s::text is null or s.name = %(name)s)
+ order by s.name
+ limit 1000;
+
 -- name: workers
 -- Every registered worker, newest first.
 select id, queues, workflows, started_at, last_seen_at
@@ -226,6 +272,10 @@ select workflow_name, queue_name, reason, count(*) as runs, min(created_at) as o
 -- Action: cancel a run and its unfinished children; returns the status after the call.
 select pgdurable.cancel_run(%s);
 
+-- name: run_status
+-- A run's status, read in an action's transaction before it acts (is a pause a no-op?).
+select status from pgdurable.runs where id = %s;
+
 -- name: pause_run
 -- Action: pause a run (at once, or at its next durable operation); returns the outcome.
 select pgdurable.pause_run(%s);
@@ -249,3 +299,27 @@ select pgdurable.emit_event(%s, %s);
 -- name: send_message
 -- Action: put a message in a run's mailbox.
 select pgdurable.send_message(%s, %s, %s);
+
+-- name: pause_queue
+-- Action: claim nothing more of a queue; returns how many of its runs are still running.
+select pgdurable.pause_queue(%s);
+
+-- name: resume_queue
+-- Action: claims of a paused queue resume (workers are woken).
+select pgdurable.resume_queue(%s);
+
+-- name: pause_schedule
+-- Action: a schedule starts nothing until resumed; returns whether it exists.
+select pgdurable.pause_schedule(%s);
+
+-- name: resume_schedule
+-- Action: a paused schedule fires again from its next tick; returns whether it exists.
+select pgdurable.resume_schedule(%s);
+
+-- name: trigger_schedule
+-- Action: start a run of a schedule now; returns its id (null: its overlap policy skipped it).
+select pgdurable.trigger_schedule(%s);
+
+-- name: record_action
+-- Audit: who did an action, in the action's transaction (actor, action, run id, target, detail).
+select pgdurable.record_action(%s, %s, %s, %s, %s);
