@@ -759,7 +759,9 @@ begin
     -- The common start (what the SDK sends when no option is set: the queue and the recovery
     -- cap, perhaps a workflow_id): checks that cost no lookup, then one INSERT. Anything else,
     -- or anything these checks doubt, takes the full path below, which explains what is wrong.
-    if p_options - 'queue' - 'max_recoveries' - 'workflow_id' = '{}'::jsonb
+    if p_options - 'queue' - 'max_recoveries' - 'workflow_id' - 'trace_context' = '{}'::jsonb
+       and coalesce(jsonb_typeof(p_options -> 'trace_context') = 'object'
+                    and length((p_options -> 'trace_context')::text) <= 2000, true)
        and v_queue ~ '^[A-Za-z0-9_.:-]{1,100}$'
        and v_recoveries ~ '^[0-9]{1,9}$'
        and p_workflow_name ~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$'
@@ -777,13 +779,14 @@ begin
             v_key := v_id::text;
         end if;
         insert into pgdurable.runs (id, workflow_id, workflow_name, queue_name, status, input,
-                                    max_recoveries, available_at, note, created_at, updated_at)
+                                    max_recoveries, available_at, note, created_at, updated_at,
+                                    trace_context)
         values (v_id, v_key, p_workflow_name, v_queue, 'pending', p_input,
                 v_recoveries::integer, v_now,
                 case when not exists (select from pgdurable.workflows w
                                        where w.name = p_workflow_name)
                      then format('no worker has registered workflow %s yet', p_workflow_name) end,
-                v_now, v_now)
+                v_now, v_now, p_options -> 'trace_context')
         on conflict do nothing;
         if not found then
             return pgdurable._existing_run(p_workflow_name, v_key, p_options);
