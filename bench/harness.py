@@ -930,7 +930,7 @@ def chart(report: Report, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--dsn", help="server to benchmark (default: the embedded pgserver)")
+    parser.add_argument("--dsn", help="server to benchmark (default: the embedded PostgreSQL)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)}")
