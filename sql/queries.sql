@@ -517,3 +517,8 @@ select distinct w.queue_name, 0, 0, 0, 0, 0::float8, false
   from pgdurable.workflows w
  where w.queue_name not in (select o.queue_name from o)
  order by 1;
+
+-- name: rollback
+-- End a transaction step whose last statement failed in the pipeline it shared with COMMIT
+-- (the COMMIT was skipped and the transaction is aborted).
+rollback;

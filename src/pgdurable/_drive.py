@@ -18,8 +18,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import _async_queries as aq
 from ._db import call_sql
-from ._errors import ConcurrentOperations
+from ._errors import ConcurrentOperations, translate
 from ._ops import Atomic, Blocking, ConnectionLost, Invoke, Pause, Sql
+from ._queries import Q
+
+_FAILED = psycopg.pq.TransactionStatus.INERROR
 
 
 def _not_async(fn: Callable[..., Any], what: str) -> TypeError:
@@ -39,6 +42,8 @@ class SyncDriver:
     ) -> None:
         self.conn = conn
         self.on_lost = on_lost
+        # inside an Atomic: where the pipeline that carries its last statement and COMMIT goes
+        self._tail: contextlib.ExitStack | None = None
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -61,6 +66,12 @@ class SyncDriver:
 
     def _perform(self, op: Any) -> Any:
         if type(op) is Sql:
+            if op.commits and self._tail is not None:
+                # queued in a pipeline the transaction's COMMIT joins: one round trip for both,
+                # and an error of either surfaces when the Atomic ends
+                self._tail.enter_context(self.conn.pipeline())
+                self.conn.execute(Q[op.name], op.params, prepare=True)
+                return None
             cur = call_sql(self.conn, op.name, op.params)
             if op.fetch == "none":
                 return None
@@ -78,8 +89,26 @@ class SyncDriver:
                 raise _not_async(op.fn, op.what)
             return result
         if type(op) is Atomic:
-            with self.conn.transaction():
-                return self.run(op.plan)
+            if self._tail is not None:  # nested: a savepoint
+                with self.conn.transaction():
+                    return self.run(op.plan)
+            try:
+                with contextlib.ExitStack() as tail:
+                    self._tail = tail
+                    with self.conn.transaction():
+                        value = self.run(op.plan)
+                return value
+            except psycopg.Error as exc:
+                if not self.conn.broken and self.conn.info.transaction_status == _FAILED:
+                    # the pipelined statement failed, so the COMMIT after it was skipped
+                    with contextlib.suppress(psycopg.Error):
+                        self.conn.execute(Q["rollback"])
+                mapped = translate(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            finally:
+                self._tail = None
         if type(op) is Pause:
             time.sleep(op.seconds)
             return None
@@ -110,6 +139,7 @@ class AsyncDriver:
         self.on_lost = on_lost
         self.checkout_timeout = checkout_timeout
         self.conn: psycopg.AsyncConnection[Any] | None = None  # held inside a transaction only
+        self._tail: contextlib.AsyncExitStack | None = None  # as in SyncDriver
         self._owner: asyncio.Task[Any] | None = None
         self._depth = 0
 
@@ -152,6 +182,10 @@ class AsyncDriver:
 
     async def _perform(self, op: Any) -> Any:
         if type(op) is Sql:
+            if op.commits and self._tail is not None and self.conn is not None:
+                await self._tail.enter_async_context(self.conn.pipeline())
+                await self.conn.execute(Q[op.name], op.params, prepare=True)
+                return None
             async with self.connection() as conn:
                 cur = await aq.call_sql(conn, op.name, op.params)
                 if op.fetch == "none":
@@ -178,10 +212,22 @@ class AsyncDriver:
             async with self.pool.connection(timeout=self.checkout_timeout) as conn:
                 self.conn = conn
                 try:
-                    async with conn.transaction():
-                        return await self.run(op.plan)
+                    async with contextlib.AsyncExitStack() as tail:
+                        self._tail = tail
+                        async with conn.transaction():
+                            value = await self.run(op.plan)
+                    return value
+                except psycopg.Error as exc:
+                    if not conn.broken and conn.info.transaction_status == _FAILED:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute(Q["rollback"])
+                    mapped = translate(exc)
+                    if mapped is None:
+                        raise
+                    raise mapped from exc
                 finally:
                     self.conn = None
+                    self._tail = None
         if type(op) is Pause:
             await asyncio.sleep(op.seconds)
             return None

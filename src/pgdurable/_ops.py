@@ -19,11 +19,14 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Sql:
     """Run the named engine query (sql/queries.sql) on the run's connection. ``fetch``: "one"
-    returns the first row, "all" every row, "none" nothing (the statement's effect is all)."""
+    returns the first row, "all" every row, "none" nothing (the statement's effect is all).
+    ``commits``: the last request of an Atomic plan, sent with the transaction's COMMIT in one
+    round trip (a driver may then report its error when the transaction ends, not here)."""
 
     name: str
     params: tuple[Any, ...]
     fetch: str = "none"
+    commits: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ driver that carries the plan out)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random as _random
@@ -198,8 +199,9 @@ def _transaction_body(
         ctx.in_step = False
     stored, seen = _encode_result(ctx, value, "transaction", name)
     # The checkpoint commits with the application's writes, fenced by the run's attempt: a
-    # worker that lost its lease rolls both back.
-    yield record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
+    # worker that lost its lease rolls both back. Sent with the COMMIT in one round trip.
+    checkpoint = record(ctx, seq, key, "transaction", name, stored, None, attempts, started)
+    yield dataclasses.replace(checkpoint, commits=True)
     return seen
 
 
