@@ -756,14 +756,15 @@ declare
     v_queue text := p_options ->> 'queue';
     v_recoveries text := p_options ->> 'max_recoveries';
 begin
-    -- The common start (what the SDK sends when no option is set: the queue and the recovery
-    -- cap, perhaps a workflow_id): checks that cost no lookup, then one INSERT. Anything else,
-    -- or anything these checks doubt, takes the full path below, which explains what is wrong.
+    -- The common start (what the SDK sends when no option is set: the queue, perhaps the
+    -- recovery cap, a workflow_id and a trace context): checks that cost no lookup, then one
+    -- INSERT. Anything else, or anything these checks doubt, takes the full path below, which
+    -- explains what is wrong.
     if p_options - 'queue' - 'max_recoveries' - 'workflow_id' - 'trace_context' = '{}'::jsonb
        and coalesce(jsonb_typeof(p_options -> 'trace_context') = 'object'
                     and length((p_options -> 'trace_context')::text) <= 2000, true)
        and v_queue ~ '^[A-Za-z0-9_.:-]{1,100}$'
-       and v_recoveries ~ '^[0-9]{1,9}$'
+       and (v_recoveries is null or v_recoveries ~ '^[0-9]{1,9}$')
        and p_workflow_name ~ '^[A-Za-z_][A-Za-z0-9_.:<>-]{0,199}$'
        and jsonb_typeof(p_input) = 'object' and p_input - 'args' - 'kwargs' = '{}'::jsonb
        and jsonb_typeof(coalesce(p_input -> 'args', '[]')) = 'array'
@@ -782,7 +783,7 @@ begin
                                     max_recoveries, available_at, note, created_at, updated_at,
                                     trace_context)
         values (v_id, v_key, p_workflow_name, v_queue, 'pending', p_input,
-                v_recoveries::integer, v_now,
+                coalesce(v_recoveries::integer, 10), v_now,
                 case when not exists (select from pgdurable.workflows w
                                        where w.name = p_workflow_name)
                      then format('no worker has registered workflow %s yet', p_workflow_name) end,

@@ -570,6 +570,50 @@ def test_app_calls_recover_from_connections_the_server_dropped(app: pgdurable.Ap
     assert flow.start().status() == "pending"
 
 
+def test_a_plain_start_is_one_insert_without_option_parsing(dsn: str) -> None:
+    """What the SDK sends for a start without options (the queue, a workflow_id, a recovery
+    cap) takes start_run's lookup-free path: no call of the option parser, observed through
+    PostgreSQL's own function statistics."""
+    dbname = scalar(dsn, "select current_database()")
+    query(dsn, f"alter database \"{dbname}\" set track_functions = 'all'")
+    app = pgdurable.App(dsn)
+
+    @app.workflow(name="fast.start")
+    def plain(x: int) -> int:
+        return x
+
+    @app.workflow(name="fast.capped", max_recoveries=3)
+    def capped(x: int) -> int:
+        return x
+
+    first = plain.start(1)
+    keyed = plain.options(workflow_id="fast-1").start(2)
+    again = plain.options(workflow_id="fast-1").start(3)  # idempotent: the same run
+    capped.start(4)
+    app.close()
+    assert again.run_id == keyed.run_id != first.run_id
+    assert query(dsn, "select max_recoveries from pgdurable.runs order by max_recoveries") == [
+        (3,),
+        (10,),
+        (10,),
+    ]
+
+    def calls() -> dict[str, int]:
+        rows = query(
+            dsn,
+            "select funcname, calls from pg_stat_user_functions where schemaname = 'pgdurable'",
+        )
+        return {name: n for name, n in rows}
+
+    # statistics reach the view when the sessions that counted them end or flush
+    counted = wait_until(
+        "start_run's statistics", lambda: calls().get("start_run") == 4 and calls()
+    )
+    assert "_start_settings" not in counted, counted
+    assert "_check_input" not in counted, counted
+    query(dsn, f'alter database "{dbname}" reset track_functions')
+
+
 def test_start_in_callers_transaction_exists_only_if_it_commits(app: pgdurable.App) -> None:
     @app.workflow(name="tx.start")
     def double(x: int) -> int:

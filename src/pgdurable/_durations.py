@@ -58,8 +58,6 @@ def seconds(
     ``allow_none``. Wrong types raise ``TypeError``; NaN, infinity and values outside
     ``[minimum, maximum]`` (``(minimum, maximum]`` with ``exclusive_minimum``) ``ValueError``.
     """
-    low = "greater than" if exclusive_minimum else "at least"
-    allowed = f"{low} {_fmt(minimum)} and at most {_fmt(maximum)} seconds"
     if value is None:
         if allow_none:
             return None
@@ -78,9 +76,20 @@ def seconds(
         except (OverflowError, ValueError, TypeError):
             secs = math.inf if value > 0 else -math.inf
     if math.isnan(secs):
+        allowed = _allowed(minimum, exclusive_minimum, maximum)
         raise ValueError(f"{what} is NaN: pass a number of seconds, {allowed}")
-    if math.isinf(secs) or secs > maximum:
-        raise ValueError(f"{what} is {value!r}, out of range: it must be {allowed}")
-    if secs < minimum or (exclusive_minimum and secs == minimum):
+    if (
+        math.isinf(secs)
+        or secs > maximum
+        or secs < minimum
+        or (exclusive_minimum and secs == minimum)
+    ):
+        allowed = _allowed(minimum, exclusive_minimum, maximum)
         raise ValueError(f"{what} is {value!r}, out of range: it must be {allowed}")
     return secs
+
+
+def _allowed(minimum: float, exclusive_minimum: bool, maximum: float) -> str:
+    """The range of an option, for its error message (built only when one is raised)."""
+    low = "greater than" if exclusive_minimum else "at least"
+    return f"{low} {_fmt(minimum)} and at most {_fmt(maximum)} seconds"
