@@ -27,6 +27,16 @@ EXPECTED: dict[str, list[str]] = {
         "expense 3: withdrawn, cancel() -> cancelled",
         "expense 3: status cancelled",
     ],
+    "tracing.py": [
+        "database: the database in $PGDURABLE_DSN",
+        "order: receipt sent for ch-2500",
+        "spans: 5 in 1 trace",
+        "checkout",
+        "  pgdurable.run tracing.order attempt=1 outcome=suspended",
+        "    pgdurable.step charge_card outcome=completed",
+        "  pgdurable.run tracing.order attempt=2 outcome=completed",
+        "    pgdurable.step send_receipt outcome=completed",
+    ],
     "saga.py": [
         "database: the database in $PGDURABLE_DSN",
         "order 1: 2 x widget, 2500 cents, to Lyon",
