@@ -12,11 +12,11 @@ import click
 import psycopg
 
 from pgdurable._errors import PgDurableError
+from pgdurable._run_filters import FINISHED
 
 from ._audit import actor_name, actor_option, record
 from ._output import cell, safe
 from ._support import call, dsn_option, find_run, session
-from .runs_cmd import FINISHED
 
 Act = Callable[[psycopg.Connection[Any], str, str], str]
 

@@ -11,23 +11,19 @@ import click
 import pgdurable
 from pgdurable import _codec
 from pgdurable._queries import Q
-from pgdurable._run_filters import BadFilter, cursor_of, parse_cursor, parse_time, search_id
+from pgdurable._run_filters import (
+    STATUSES,
+    BadFilter,
+    cursor_of,
+    parse_cursor,
+    parse_time,
+    search_id,
+)
 
 from ._output import cell, echo_fields, echo_json, echo_table, echo_text, rows_as_dicts
 from ._support import dsn_option, find_run, json_option, session
 from ._timeline_text import echo_timeline, load_timeline, timeline_json
 
-STATUSES = (
-    "pending",
-    "running",
-    "sleeping",
-    "waiting",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-)
-FINISHED = frozenset(STATUSES[5:])
 MAX_LIMIT = 1_000_000
 MAX_TEXT = 200  # of --search, --workflow, --queue: names, not documents
 

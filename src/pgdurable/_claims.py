@@ -22,14 +22,24 @@ class Claim:
     has_history: bool
     cancel_requested: bool
     # the starter's W3C trace headers as JSON text (start option trace_context), or None
-    trace_context_text: str | None = None
+    trace_context_text: str | None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
-        (run_id, workflow_id, name, queue, text, attempt, _deadline, key, tries, hist, cancel) = (
-            row[:11]
-        )
-        trace = row[11] if len(row) > 11 else None
+        (
+            run_id,
+            workflow_id,
+            name,
+            queue,
+            text,
+            attempt,
+            _deadline,
+            key,
+            tries,
+            hist,
+            cancel,
+            trace,
+        ) = row
         return cls(run_id, workflow_id, name, queue, text, attempt, key, tries, hist, cancel, trace)
 
     def log_fields(self, **more: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The filters of a runs listing as people type them: a time as ISO 8601 or as an age (15m, 2h,
-7d), and the keyset cursor (created_at|id) that pages through runs newest first. Pure, so the
-web runs page and the CLI's `pgdurable runs` read the same input the same way."""
+"""The filters of a runs listing as people type them: a status, a time as ISO 8601 or as an age
+(15m, 2h, 7d), and the keyset cursor (created_at|id) that pages through runs newest first. Pure,
+so the web runs page and the CLI's `pgdurable runs` read the same input the same way."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+# A run's statuses (runs_status_check), unfinished ones first.
+STATUSES = (
+    "pending",
+    "running",
+    "sleeping",
+    "waiting",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+)
+ACTIVE = frozenset(STATUSES[:5])
+FINISHED = frozenset(STATUSES[5:])
 
 _RELATIVE = re.compile(r"^(\d{1,6})\s*(s|m|min|h|d|w)$")
 _SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -37,8 +51,13 @@ def is_age(text: str) -> bool:
     return _RELATIVE.match(text.strip().lower()) is not None
 
 
-def parse_cursor(name: str, text: str) -> tuple[datetime, uuid.UUID]:
-    """A page cursor, ``<created_at ISO>|<run id>``, as cursor_of writes it."""
+def parse_cursor(
+    name: str,
+    text: str,
+    how: str = "pass the cursor the previous page printed (<created_at>|<run id>)",
+) -> tuple[datetime, uuid.UUID]:
+    """A page cursor, ``<created_at ISO>|<run id>``, as cursor_of writes it; ``how`` tells
+    where a good one comes from."""
     at, _, run_id = text.rpartition("|")
     try:
         parsed = datetime.fromisoformat(at)
@@ -47,8 +66,7 @@ def parse_cursor(name: str, text: str) -> tuple[datetime, uuid.UUID]:
         return parsed, uuid.UUID(run_id)
     except ValueError:
         raise BadFilter(
-            f"{name}: {text[:80]!r} is not a page cursor: pass the cursor the previous page "
-            "printed (<created_at>|<run id>), or start again from the first page"
+            f"{name}: {text[:80]!r} is not a page cursor: {how}, or start again from the first page"
         ) from None
 
 

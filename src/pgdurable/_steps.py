@@ -132,10 +132,7 @@ def step_plan(
         return _replayed(rec)
     ctx.check_alive()
     body = _step_calls(ctx, seq, key, kind, name, policy, fn, args, kwargs)
-    obs = _telemetry.observer
-    if obs is not None:
-        body = _telemetry.observed_step(obs, ctx, kind, name, key, body)
-    return (yield from body)
+    return (yield from _telemetry.seen_step(ctx, kind, name, key, body))
 
 
 def _step_calls(
@@ -219,10 +216,7 @@ def transaction_plan(
         return _replayed(rec)
     ctx.check_alive()
     body = _transaction_tries(ctx, seq, key, name, policy, fn, args, kwargs)
-    obs = _telemetry.observer
-    if obs is not None:
-        body = _telemetry.observed_step(obs, ctx, "transaction", name, key, body)
-    return (yield from body)
+    return (yield from _telemetry.seen_step(ctx, "transaction", name, key, body))
 
 
 def _transaction_tries(

@@ -138,6 +138,12 @@ def observed_attempt(obs: Observer, claim: Claim, plan: Plan[Any]) -> Plan[Any]:
     return outcome, value
 
 
+def seen_step(ctx: RunContext, kind: str, name: str, key: str, plan: Plan[Any]) -> Plan[Any]:
+    """A step's ``plan`` as the observer sees it; the plan itself when nothing observes."""
+    obs = observer
+    return plan if obs is None else observed_step(obs, ctx, kind, name, key, plan)
+
+
 def observed_step(
     obs: Observer, ctx: RunContext, kind: str, name: str, key: str, plan: Plan[Any]
 ) -> Plan[Any]:

@@ -9,20 +9,10 @@ from typing import Any
 
 from .._decoding import loads
 from .._errors import SerializationError
+from .._run_filters import ACTIVE as ACTIVE
+from .._run_filters import FINISHED as FINISHED
+from .._run_filters import STATUSES as STATUSES
 from .._timeline import duration
-
-STATUSES = (
-    "pending",
-    "running",
-    "sleeping",
-    "waiting",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-)
-ACTIVE = frozenset(STATUSES[:5])
-FINISHED = frozenset(STATUSES[5:])
 
 
 def when(value: datetime | None) -> str:

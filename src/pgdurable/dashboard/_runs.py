@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from .._run_filters import ACTIVE, FINISHED, STATUSES, parse_cursor
 from .._run_filters import BadFilter as BadFilter  # re-exported: _pages catches it
 from .._run_filters import parse_time as _time
-from ._format import ACTIVE, FINISHED, STATUSES
 from ._store import Reader
 
 MAX_TEXT = 200
@@ -28,19 +28,7 @@ def _text(name: str, params: Mapping[str, str]) -> str | None:
 
 
 def _cursor(name: str, text: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if not text:
-        return None
-    at, _, run_id = text.rpartition("|")
-    try:
-        parsed = datetime.fromisoformat(at)
-        if parsed.tzinfo is None:
-            raise ValueError(at)
-        return parsed, uuid.UUID(run_id)
-    except ValueError:
-        raise BadFilter(
-            f"{name}: {text[:80]!r} is not a page cursor: follow the Older / Newer links, or "
-            "start again from the first page"
-        ) from None
+    return parse_cursor(name, text, "follow the Older / Newer links") if text else None
 
 
 @dataclass(frozen=True)
