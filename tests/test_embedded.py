@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from owned_server import grant_search
 from pgdurable import _embedded
 from pgdurable._embedded import ENV, embedded_dsn, stop
 
@@ -101,6 +102,21 @@ def test_directories_a_root_start_opens_are_the_closed_parents(tmp_path: Path) -
     assert closed in found
     assert closed / "open" not in found
     assert tmp_path not in found
+
+
+def test_the_server_user_is_given_search_only_on_the_closed_parents_of_the_binaries(
+    tmp_path: Path,
+) -> None:
+    checkout = tmp_path / "checkout"  # a clone in a 0700 temporary directory
+    binaries = checkout / ".venv" / "pginstall" / "bin"
+    binaries.mkdir(parents=True)
+    checkout.chmod(0o700)
+    tmp_path.chmod(0o755)
+    assert _embedded.closed_to_search(binaries) == [checkout]
+    assert grant_search(binaries) == [checkout]
+    assert stat.S_IMODE(checkout.stat().st_mode) == 0o711  # search, never read
+    assert _embedded.closed_to_search(binaries) == []
+    assert grant_search(binaries) == []  # nothing left to open
 
 
 @pytest.mark.embedded

@@ -159,6 +159,15 @@ def opened_by_root_start(path: Path) -> list[Path]:
     return found
 
 
+_SEARCH = stat.S_IXGRP | stat.S_IXOTH
+
+
+def closed_to_search(path: Path) -> list[Path]:
+    """The directories above ``path`` that other users cannot pass through (a root start opens
+    them, above the package's binaries, so its system user reaches them)."""
+    return [p for p in path.resolve().parents if p.stat().st_mode & _SEARCH != _SEARCH]
+
+
 def _say_what_root_changes(path: Path, chosen: Backend) -> None:
     import pwd  # POSIX only, as root is
 
@@ -170,6 +179,13 @@ def _say_what_root_changes(path: Path, chosen: Backend) -> None:
     opened = opened_by_root_start(path)
     if opened:
         changes.append("gives group and others read+execute on " + ", ".join(map(str, opened)))
+    passed = closed_to_search(chosen.bin_dir())
+    if passed:
+        changes.append(
+            "gives group and others search (x) on "
+            + ", ".join(map(str, passed))
+            + " to reach its binaries"
+        )
     if changes:
         _log.warning(
             "running as root: %s runs PostgreSQL as the user %r and now %s, so that user reaches "
